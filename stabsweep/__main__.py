@@ -1,0 +1,3 @@
+from stabsweep.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Turning per-step records into verdicts: the detection rules and the sweep's findings."""

@@ -1,0 +1,107 @@
+"""The detection rules of DESIGN §5, as pure functions of a loss curve.
+
+Order matters and mirrors severity: a trial that diverged is not also judged unstable, and
+one that learned nothing is infeasible even if it never blew up. Every verdict carries a
+reason in words, with the step, so a user can see which rule fired and why.
+
+Steps in reasons and in ``diverged_step`` are 1-based: step k is the k-th update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabsweep.config.schema import DetectConfig
+from stabsweep.engine.trial import TrialStatus
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: TrialStatus
+    reason: str
+    diverged_step: int | None = None
+
+
+def divergence_step(losses: np.ndarray, initial_loss: float, factor: float, offset: int = 0) -> int | None:
+    """The first (1-based) step whose loss is non-finite or above ``factor × initial_loss``.
+
+    Called by the trainer on each chunk of fresh losses (``offset`` = steps before the
+    chunk), so a trial stops at once, and by :func:`judge` on the whole curve.
+    """
+    bad = ~np.isfinite(losses) | (losses > factor * initial_loss)
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) + offset + 1 if hits.size else None
+
+
+def smoothed(losses: np.ndarray, span: int) -> np.ndarray:
+    """Exponential moving average of the loss (pandas' ``ewm``), the curve the trend rules read."""
+    import pandas as pd
+
+    return pd.Series(losses).ewm(span=span, adjust=True).mean().to_numpy()
+
+
+def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = None) -> Verdict:
+    """Classify one finished (or stopped) trial from its per-step training losses."""
+    if losses.size == 0:
+        return Verdict(TrialStatus.FAILED, "no training step ran")
+    initial = float(losses[0])
+    if not math.isfinite(initial):
+        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({initial}) at step 1", 1)
+    step = divergence_step(losses, initial, detect.divergence_factor)
+    if step is not None:
+        value = float(losses[step - 1])
+        why = (f"non-finite loss ({value}) at step {step}" if not math.isfinite(value) else
+               f"loss {value:.4g} > {detect.divergence_factor:g} × initial {initial:.4g} at step {step}")
+        return Verdict(TrialStatus.DIVERGED, why, step)
+
+    curve = smoothed(losses, detect.smoothing)
+    final = float(curve[-1])
+    if final > (1 - detect.min_improvement) * initial:
+        return Verdict(TrialStatus.LEARNED_NOTHING,
+                       f"final smoothed loss {final:.4g} not {detect.min_improvement:.0%} below initial {initial:.4g}")
+    if num_classes and num_classes > 1:
+        chance = math.log(num_classes)
+        if final >= (1 - detect.chance_tolerance) * chance:
+            return Verdict(TrialStatus.LEARNED_NOTHING,
+                           f"final smoothed loss {final:.4g} at chance level ln {num_classes} = {chance:.4g}")
+
+    early = _early_spike(losses, initial, detect)
+    if early:
+        return Verdict(TrialStatus.UNSTABLE, early)
+    rise = _mid_training_rise(curve, initial, detect)
+    if rise:
+        return Verdict(TrialStatus.UNSTABLE, rise)
+    return Verdict(TrialStatus.OK, f"smoothed loss fell from {initial:.4g} to {final:.4g}")
+
+
+def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
+    """Early instability: a loss well above the initial one in the first steps, then recovery."""
+    window = max(1, math.ceil(detect.early_fraction * losses.size))
+    head = losses[:window]
+    peak = int(np.argmax(head))
+    if head[peak] > detect.early_spike_factor * initial:
+        return (f"early instability: loss {head[peak]:.4g} > {detect.early_spike_factor:g} × "
+                f"initial {initial:.4g} at step {peak + 1}, then recovered")
+    return None
+
+
+def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
+    """Mid-training instability: the smoothed loss gives back a share of the progress made.
+
+    Progress at step t is (initial − best smoothed loss so far); the rule fires when the
+    smoothed loss climbs ``rise_fraction`` of that progress above its best, once progress
+    itself is meaningful (``min_improvement`` of the initial loss).
+    """
+    best = np.minimum.accumulate(curve)
+    progress = curve[0] - best
+    rise = curve - best
+    meaningful = progress > detect.min_improvement * initial
+    hits = np.flatnonzero(meaningful & (rise > detect.rise_fraction * progress))
+    if hits.size == 0:
+        return None
+    t = int(hits[0])
+    return (f"mid-training instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
+            f"at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress")

@@ -1,0 +1,136 @@
+"""Reading a config: YAML, ``--set`` overrides, validation, and one clear error message.
+
+Every way a config can be wrong ends here as a :class:`~stabsweep.errors.UserError` that
+names the file (or the ``--set`` option), the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from stabsweep.config.schema import Config
+from stabsweep.errors import UserError, did_you_mean
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.steps=200", "train.clip=null"]`` → ``{"train.steps": 200, ...}`` (YAML values)."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item}: expected key.sub=value, e.g. --set train.steps=200")
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {item}: the value is not valid YAML ({exc.problem})") from None
+    return overrides
+
+
+def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise UserError(f"--set {key}: '{where}' is {child!r}, not a mapping; set '{where}' itself")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, override and validate a config file; raise UserError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys (name, workload, train, ...) at the top")
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        _apply_override(data, key, value)
+    return validate_config(data, source=str(path), overrides=overrides)
+
+
+def validate_config(data: dict[str, Any], source: str, overrides: dict[str, Any] | None = None) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_explain(exc, source, overrides or {})) from None
+    except UserError as exc:  # raised by a nested check with its own wording
+        raise UserError(f"{source}: {exc.message}") from None
+    config._source = source
+    return config
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML: valid input for ``load_config`` (it round-trips)."""
+    header = f"# resolved config of {config.source}; rerun with: stabsweep lr THIS_FILE\n"
+    return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _explain(exc: ValidationError, source: str, overrides: dict[str, Any]) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    key = _format_loc(loc)
+    origin = next((f"--set {k}" for k in overrides if key == k or key.startswith(k + ".")), source)
+    if first["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        message = f"unknown key{did_you_mean(str(loc[-1]), known)}"
+        if known:
+            message += f"; expected one of: {', '.join(known)}"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and first["type"] not in ("value_error", "assertion_error"):
+            message += f" (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+    return f"{origin}: {key or '<top>'}: {message}{more}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the union member's name in the loc (e.g. 'ClipConfig'); users never wrote it."""
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("function-"))
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a user may write at ``loc``, for did-you-mean hints."""
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None or isinstance(part, int):
+            return []
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None

@@ -1,0 +1,237 @@
+"""The config schema (DESIGN §2): one YAML file describes workload, training and sweeps.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. Optimizer and schedule blocks are the exception: their extra keys are keyword
+arguments for torch, checked against the real constructor's signature.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorkloadConfig(_Strict):
+    """What to train: a built-in workload by name, or a user factory."""
+
+    name: str | None = None  # built-in: mlp, cnn, transformer
+    factory: str | None = None  # "path/to/file.py:build" or "package.module:build"
+    args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the factory
+    batch_size: int = Field(64, ge=1)  # passed to the factory as `batch_size`
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WorkloadConfig:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'name' (a built-in workload) or 'factory'")
+        if self.name is not None:
+            from stabsweep.workloads import BUILTIN_WORKLOADS
+            from stabsweep.errors import did_you_mean
+
+            if self.name not in BUILTIN_WORKLOADS:
+                hint = did_you_mean(self.name, tuple(BUILTIN_WORKLOADS))
+                raise ValueError(
+                    f"unknown workload '{self.name}'{hint}; built-ins are "
+                    f"{', '.join(BUILTIN_WORKLOADS)}, or give 'factory: file.py:function'"
+                )
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError("factory must look like 'path/to/file.py:function' or 'module:function'")
+        return self
+
+
+class OptimizerConfig(BaseModel):
+    """A torch.optim optimizer by name; other keys are its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "sgd"
+
+    @model_validator(mode="after")
+    def _known(self) -> OptimizerConfig:
+        from stabsweep.training.optimizers import check_optimizer
+
+        check_optimizer(self.name, self.kwargs)
+        return self
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ScheduleConfig(BaseModel):
+    """A learning-rate schedule by name; other keys are its arguments (DESIGN §2)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "constant"
+
+    @model_validator(mode="after")
+    def _known(self) -> ScheduleConfig:
+        from stabsweep.training.schedules import check_schedule
+
+        check_schedule(self.name, self.kwargs)
+        return self
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ClipConfig(_Strict):
+    """Gradient clipping: exactly one of a fixed threshold, a percentile or a z-score rule."""
+
+    threshold: float | None = Field(None, gt=0)  # fixed λ: g ← λ·g/‖g‖ when ‖g‖ > λ
+    percentile: float | None = Field(None, gt=0, le=100)  # adaptive (AutoClip-style)
+    window: int = Field(1000, ge=1)  # how many recent unclipped norms the percentile sees
+    zscore: float | None = Field(None, gt=0)  # adaptive (ZClip-style): clip above mean + z·std
+    ema_decay: float = Field(0.97, gt=0, lt=1)  # EMA decay of the z-score rule's mean and variance
+    warmup: int = Field(25, ge=0)  # steps the z-score rule only observes before it clips
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ClipConfig:
+        given = [k for k in ("threshold", "percentile", "zscore") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'threshold', 'percentile' or 'zscore'")
+        return self
+
+    def describe(self) -> str:
+        if self.threshold is not None:
+            return f"{self.threshold:g}"
+        if self.percentile is not None:
+            return f"p{self.percentile:g} of last {self.window}"
+        return f"z>{self.zscore:g}"
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(1000, ge=1)  # max_train_steps
+    eval_every: int = Field(50, ge=1)  # evaluate after every this many steps
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    clip: ClipConfig | None = None  # null | number | {percentile: 90, window: 1000} | {zscore: 2.5}
+
+    @field_validator("clip", mode="before")
+    @classmethod
+    def _number_is_threshold(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"threshold": value}
+        return value
+
+
+class LogGrid(_Strict):
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+    num: int = Field(ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogGrid:
+        if self.max <= self.min:
+            raise ValueError(f"max ({self.max:g}) must be greater than min ({self.min:g})")
+        return self
+
+    def values(self) -> list[float]:
+        lo, hi = math.log10(self.min), math.log10(self.max)
+        step = (hi - lo) / (self.num - 1)
+        return [float(f"{10 ** (lo + i * step):.6g}") for i in range(self.num)]
+
+
+class LrSweepConfig(_Strict):
+    lrs: LogGrid | list[float] = Field(default_factory=lambda: LogGrid(min=1e-4, max=10, num=11))
+    early_check_steps: int = Field(500, ge=1)  # length of --early-check's run
+    early_check_multiplier: float = Field(2.0, gt=0)  # --early-check trains at this × best_lr
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive(cls, value: LogGrid | list[float]) -> LogGrid | list[float]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("the list of learning rates is empty")
+            if any(v <= 0 for v in value):
+                raise ValueError("learning rates must be positive")
+        return value
+
+    def values(self) -> list[float]:
+        return sorted(set(self.lrs.values() if isinstance(self.lrs, LogGrid) else self.lrs))
+
+
+class WarmupSweepConfig(_Strict):
+    multipliers: list[float] = Field(default_factory=lambda: [10.0])  # base_lr = m × unstable
+    warmup_steps: list[int] = Field(default_factory=lambda: [10, 100, 1000, 10000])
+    max_fraction: float = Field(0.1, gt=0, le=1)  # candidates above this share of train.steps are dropped
+    warn_fraction: float = Field(0.05, gt=0, le=1)  # warn when the pick exceeds this share
+    confirm: bool = True  # run the full-length schedule with the picked warmup
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _positive_steps(cls, value: list[int]) -> list[int]:
+        if not value or any(v < 1 for v in value):
+            raise ValueError("warmup_steps must be a non-empty list of positive integers")
+        return sorted(set(value))
+
+    @field_validator("multipliers")
+    @classmethod
+    def _positive_multipliers(cls, value: list[float]) -> list[float]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("multipliers must be a non-empty list of positive numbers")
+        return sorted(set(value))
+
+
+class ClipSweepConfig(_Strict):
+    percentile: float = Field(90.0, gt=0, le=100)  # the recommended threshold's percentile
+    percentiles: list[float] = Field(default_factory=lambda: [50.0, 75.0, 90.0, 99.0])
+    aggressive_fraction: float = Field(0.5, gt=0, le=1)  # more clipped than this: too aggressive
+
+
+class DetectConfig(_Strict):
+    """Thresholds of the detection rules (DESIGN §5); README 'Detection rules' explains each."""
+
+    divergence_factor: float = Field(4.0, gt=1)  # diverged: loss > this × initial loss
+    smoothing: int = Field(20, ge=1)  # EMA span (steps) of the smoothed training loss
+    min_improvement: float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed > (1 - this) × initial
+    chance_tolerance: float = Field(0.02, ge=0, lt=1)  # learned nothing: final smoothed ≥ (1 - this) × ln C
+    early_fraction: float = Field(0.1, gt=0, le=1)  # early instability looks at this share of steps
+    early_spike_factor: float = Field(2.0, gt=1)  # early instability: a loss above this × initial
+    rise_fraction: float = Field(0.25, gt=0, le=1)  # mid-training: a rise giving back this share of progress
+
+    @model_validator(mode="after")
+    def _spike_below_divergence(self) -> DetectConfig:
+        if self.early_spike_factor >= self.divergence_factor:
+            raise ValueError(
+                f"early_spike_factor ({self.early_spike_factor:g}) must be below "
+                f"divergence_factor ({self.divergence_factor:g})"
+            )
+        return self
+
+
+class Config(_Strict):
+    name: str = Field(min_length=1)  # names the run folder: runs/<name>/
+    seed: int = 0  # every trial's weights and batch order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    workload: WorkloadConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    lr_sweep: LrSweepConfig = Field(default_factory=LrSweepConfig)
+    warmup_sweep: WarmupSweepConfig = Field(default_factory=WarmupSweepConfig)
+    clip_sweep: ClipSweepConfig = Field(default_factory=ClipSweepConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+
+    _source: str = PrivateAttr(default="<config>")
+
+    @property
+    def source(self) -> str:
+        """The file this config came from; relative factory paths resolve against its folder."""
+        return self._source
+
+    @field_validator("device")
+    @classmethod
+    def _device_syntax(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+

@@ -1,0 +1,1 @@
+"""Training one trial: optimizers, schedules, clipping, devices and the loop itself."""

@@ -1,0 +1,72 @@
+"""Optimizers by name (DESIGN §2), all straight from ``torch.optim``.
+
+Adding one is one registry entry: the torch class and the defaults that make the name mean
+what practitioners mean by it ("momentum" is SGD with momentum 0.9, "amsgrad" is Adam with
+``amsgrad=True``). Config keys override the defaults and are checked against the class's
+signature, so a misspelt ``momentun`` is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from stabsweep.errors import did_you_mean
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    cls_name: str  # attribute of torch.optim
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec("SGD"),
+    "momentum": OptimizerSpec("SGD", {"momentum": 0.9}),
+    "nesterov": OptimizerSpec("SGD", {"momentum": 0.9, "nesterov": True}),
+    "rmsprop": OptimizerSpec("RMSprop"),
+    "adam": OptimizerSpec("Adam"),
+    "nadam": OptimizerSpec("NAdam"),
+    "adamw": OptimizerSpec("AdamW"),
+    "adagrad": OptimizerSpec("Adagrad"),
+    "amsgrad": OptimizerSpec("Adam", {"amsgrad": True}),
+}
+
+# Keyword arguments the sweep owns or that change how the step runs, not what it computes.
+_RESERVED = {"params", "lr"}
+
+
+def optimizer_class(name: str) -> type:
+    import torch.optim
+
+    return getattr(torch.optim, OPTIMIZERS[name].cls_name)
+
+
+def optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**OPTIMIZERS[name].defaults, **kwargs}
+
+
+def check_optimizer(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ValueError (a config error at the optimizer's key path) for a bad name or kwarg."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{name}'{did_you_mean(name, tuple(OPTIMIZERS))}; "
+                         f"expected one of {', '.join(OPTIMIZERS)}")
+    cls = optimizer_class(name)
+    accepted = [p for p in inspect.signature(cls).parameters if p not in _RESERVED]
+    for key in kwargs:
+        if key in _RESERVED:
+            raise ValueError(f"'{key}' is set by the sweep, not by the optimizer block")
+        if key not in accepted:
+            raise ValueError(f"{cls.__name__} has no argument '{key}'{did_you_mean(key, accepted)}; "
+                             f"it takes {', '.join(accepted)}")
+    import torch
+
+    try:  # let torch judge the values (negative momentum, betas out of range, ...)
+        cls([torch.zeros(1, requires_grad=True)], lr=0.1, **optimizer_kwargs(name, kwargs))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{cls.__name__} rejected these arguments: {exc}") from None
+
+
+def build_optimizer(name: str, kwargs: dict[str, Any], params: Any, lr: float) -> Any:
+    return optimizer_class(name)(params, lr=lr, **optimizer_kwargs(name, kwargs))

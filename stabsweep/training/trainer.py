@@ -1,0 +1,187 @@
+"""One trial, start to finish: build the workload, train, record every step, judge.
+
+The loop is the hot path. Per-step metrics go into preallocated tensors on the model's
+device and reach the host in chunks (every step on the CPU, where a read is free; every
+``GPU_SYNC_EVERY`` steps on a GPU), the learning rate comes from a table computed once, and
+the clipping threshold is decided on the device. The divergence rule runs on each chunk, so
+a diverging trial stops at the first bad step (on a GPU, at most one chunk later, with its
+records cut at the bad step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+from stabsweep.analysis.rules import divergence_step, judge, smoothed
+from stabsweep.config.schema import DetectConfig, OptimizerConfig
+from stabsweep.engine.trial import StepLog, TrialResult, TrialSpec, TrialStatus
+from stabsweep.training.clipping import build_clipper
+from stabsweep.training.optimizers import build_optimizer
+from stabsweep.training.schedules import lr_table
+from stabsweep.workloads.base import Workload
+
+GPU_SYNC_EVERY = 32
+
+
+def train_trial(spec: TrialSpec, factory: Callable[[int], Workload], optimizer: OptimizerConfig,
+                detect: DetectConfig, device: torch.device) -> TrialResult:
+    """Run one trial; an exception inside it is a FAILED result, never a crash of the sweep."""
+    start = time.perf_counter()
+    try:
+        return _Trial(spec, factory(spec.seed), optimizer, detect, device).run(start)
+    except Exception as exc:  # noqa: BLE001 - a trial that raises is a result (DESIGN §5)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        return TrialResult(spec, TrialStatus.FAILED,
+                           f"raised {type(exc).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}",
+                           steps_run=0, wall_seconds=time.perf_counter() - start,
+                           error=f"{type(exc).__name__}: {exc}")
+
+
+def batches_forever(data: Any) -> Iterator[Any]:
+    """Re-iterate ``train_data`` as epochs; an empty epoch would loop forever, so it raises."""
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("train_data yielded no batch")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _place(data: Any, device: torch.device) -> bool:
+    """Move in-memory data to the device once; True when batches need no per-step copy."""
+    if data is not None and callable(getattr(data, "to", None)) and not isinstance(data, torch.nn.Module):
+        data.to(device)
+        return True
+    return False
+
+
+class _Trial:
+    def __init__(self, spec: TrialSpec, workload: Workload, optimizer: OptimizerConfig,
+                 detect: DetectConfig, device: torch.device) -> None:
+        self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
+        self.model = workload.model.to(device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.lrs = lr_table(spec.schedule.name, spec.schedule.kwargs, spec.lr,
+                            spec.steps - spec.warmup_steps, spec.warmup_steps)
+        self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, self.params, float(self.lrs[0]))
+        self.clipper = build_clipper(spec.clip, device)
+        self.num_classes = workload.num_classes
+        self.data_on_device = _place(workload.train_data, device)
+        self.eval_on_device = _place(workload.eval_data, device)
+        self.sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        if self.workload.loss is not None:
+            return self.workload.loss(self.model, batch)
+        inputs, targets = batch
+        return self.workload.loss_fn(self.model(inputs), targets)
+
+    def run(self, start: float) -> TrialResult:
+        steps, device = self.spec.steps, self.device
+        loss_buf = torch.full((steps,), math.nan, device=device)
+        norm_buf = torch.full((steps,), math.nan, device=device)
+        threshold_buf = torch.full((steps,), math.nan, device=device)
+        losses = np.full(steps, np.nan)
+        group = self.optimizer.param_groups[0]
+        batches = batches_forever(self.workload.train_data)
+        evals = [self.evaluate(0)]
+        diverged_at: int | None = None
+        synced = 0
+        self.model.train()
+        for step in range(steps):
+            group["lr"] = float(self.lrs[step])
+            batch = next(batches)
+            if not self.data_on_device:
+                batch = to_device(batch, device)
+            loss = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
+            loss_buf[step] = loss.detach()
+            norm_buf[step] = norm
+            if self.clipper is not None:
+                threshold = self.clipper.threshold(norm, step)
+                threshold_buf[step] = threshold
+                clip_grads_with_norm_(self.params, threshold, norm)
+            self.optimizer.step()
+
+            done = step + 1
+            if done - synced >= self.sync_every or done == steps:
+                losses[synced:done] = loss_buf[synced:done].cpu().numpy()
+                diverged_at = divergence_step(losses[synced:done], losses[0],
+                                              self.detect.divergence_factor, offset=synced)
+                synced = done
+                if diverged_at is not None:
+                    break
+            if done % self.spec.eval_every == 0 or done == steps:
+                evals.append(self.evaluate(done))
+                self.model.train()
+
+        steps_run = diverged_at or steps
+        return self.result(start, losses[:steps_run], norm_buf[:steps_run].cpu().numpy(),
+                           threshold_buf[:steps_run].cpu().numpy(), evals)
+
+    def result(self, start: float, losses: np.ndarray, norms: np.ndarray, thresholds: np.ndarray,
+               evals: list[dict[str, float]]) -> TrialResult:
+        verdict = judge(losses, self.detect, self.num_classes)
+        eval_losses = [e["eval_loss"] for e in evals if math.isfinite(e["eval_loss"])]
+        final = float(smoothed(losses, self.detect.smoothing)[-1]) if losses.size else None
+        log = StepLog(lr=self.lrs[: losses.size].copy(), train_loss=losses, grad_norm=norms,
+                      clip_threshold=thresholds, clipped=norms > np.nan_to_num(thresholds, nan=np.inf))
+        return TrialResult(self.spec, verdict.status, verdict.reason, steps_run=int(losses.size),
+                           wall_seconds=time.perf_counter() - start,
+                           best_eval_loss=min(eval_losses) if eval_losses else None,
+                           final_train_loss=final, diverged_step=verdict.diverged_step,
+                           steps=log, evals=evals)
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Mean eval loss over ``eval_data`` (and accuracy for classifiers); training loss if none."""
+        data = self.workload.eval_data
+        if data is None:
+            return {"step": step, "eval_loss": math.nan}
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        count, classified = 0, True
+        for batch in data:
+            if not self.eval_on_device:
+                batch = to_device(batch, self.device)
+            n = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
+            if self.workload.loss is not None:
+                total += self.workload.loss(self.model, batch) * n
+                classified = False
+            else:
+                inputs, targets = batch
+                outputs = self.model(inputs)
+                total += self.workload.loss_fn(outputs, targets) * n
+                classified = classified and outputs.ndim == 2 and not targets.is_floating_point()
+                if classified:
+                    correct += (outputs.argmax(1) == targets).sum()
+                    self.num_classes = self.num_classes or outputs.shape[1]
+            count += n
+        record = {"step": step, "eval_loss": float(total) / max(count, 1)}
+        if classified and count:
+            record["eval_accuracy"] = float(correct) / count
+        return record

@@ -1,0 +1,130 @@
+"""Finding and calling workload factories: built-ins, ``file.py:fn`` and ``module:fn``.
+
+A factory is called once per trial with the trial's seed, so every trial of a sweep starts
+from the same weights and sees the same batches. Everything that can be wrong about a
+factory before training starts (missing file, missing function, unknown argument, wrong
+return type) is a :class:`UserError` naming the config key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stabsweep.errors import UserError, did_you_mean
+from stabsweep.workloads.base import Workload
+
+# name -> "module:function"; imported only when a trial needs it, so the CLI starts fast.
+BUILTIN_WORKLOADS: dict[str, str] = {
+    "mlp": "stabsweep.workloads.mlp:build",
+    "cnn": "stabsweep.workloads.cnn:build",
+    "transformer": "stabsweep.workloads.transformer:build",
+}
+
+
+@dataclass
+class WorkloadFactory:
+    """A resolved factory and the arguments every call gets; picklable for worker processes."""
+
+    target: str  # "module:function" or "/abs/path/file.py:function"
+    args: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    key: str = "workload.factory"  # the config key named in errors
+
+    def function(self) -> Callable[..., Any]:
+        return _load(self.target, self.key)
+
+    def __call__(self, seed: int) -> Workload:
+        fn = self.function()
+        kwargs = dict(self.args)
+        if self.batch_size is not None and _accepts(fn, "batch_size"):
+            kwargs["batch_size"] = self.batch_size
+        workload = fn(seed=seed, **kwargs)
+        if not isinstance(workload, Workload):
+            raise UserError(f"{self.key}: {self.target} returned {type(workload).__name__}, "
+                            "expected stabsweep.Workload(model=..., train_data=..., loss_fn=...)")
+        return workload
+
+    def check(self) -> None:
+        """Fail early, before any trial, for a factory that cannot be loaded or called."""
+        fn = self.function()
+        params = inspect.signature(fn).parameters
+        if "seed" not in params and not _has_var_keyword(fn):
+            raise UserError(f"{self.key}: {self.target} must accept a 'seed' argument")
+        if not _has_var_keyword(fn):
+            accepted = [p for p in params if p not in ("seed", "batch_size")]
+            for name in self.args:
+                if name not in params:
+                    raise UserError(f"workload.args.{name}: {self.target} has no argument "
+                                    f"'{name}'{did_you_mean(name, accepted)}; it takes {', '.join(accepted)}")
+
+
+def resolve_factory(workload: Any, config_source: str | None = None) -> WorkloadFactory:
+    """The factory a ``WorkloadConfig`` names; relative file paths resolve against the config's folder."""
+    if workload.name is not None:
+        return WorkloadFactory(BUILTIN_WORKLOADS[workload.name], dict(workload.args),
+                               workload.batch_size, key="workload.name")
+    target, _, fn_name = workload.factory.rpartition(":")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        candidates = [path] if path.is_absolute() else [
+            Path(config_source).parent / path if config_source else path, Path.cwd() / path]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            tried = " or ".join(str(c) for c in dict.fromkeys(candidates))
+            raise UserError(f"workload.factory: file not found: {tried}")
+        target = str(found.resolve())
+    return WorkloadFactory(f"{target}:{fn_name}", dict(workload.args), workload.batch_size)
+
+
+def _load(target: str, key: str) -> Callable[..., Any]:
+    module_name, _, fn_name = target.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            module = _import_file(Path(module_name))
+        else:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(module_name)
+    except UserError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise UserError(f"{key}: cannot import '{module_name}': {exc}") from None
+    except Exception as exc:  # the user's module raised while importing
+        raise UserError(f"{key}: importing {module_name} raised {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        raise UserError(f"{key}: {module_name} has no function '{fn_name}'{did_you_mean(fn_name, names)}")
+    return fn
+
+
+def _import_file(path: Path) -> Any:
+    name = f"stabsweep_user_{abs(hash(str(path)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"workload.factory: {path} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(fn).parameters or _has_var_keyword(fn)
+
+
+def _has_var_keyword(fn: Callable[..., Any]) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
