@@ -53,20 +53,27 @@ def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = No
     step = divergence_step(losses, initial, detect.divergence_factor)
     if step is not None:
         value = float(losses[step - 1])
-        why = (f"non-finite loss ({value}) at step {step}" if not math.isfinite(value) else
-               f"loss {value:.4g} > {detect.divergence_factor:g} × initial {initial:.4g} at step {step}")
+        why = (
+            f"non-finite loss ({value}) at step {step}"
+            if not math.isfinite(value)
+            else f"loss {value:.4g} > {detect.divergence_factor:g} × initial at step {step}"
+        )
         return Verdict(TrialStatus.DIVERGED, why, step)
 
     curve = smoothed(losses, detect.smoothing)
     final = float(curve[-1])
     if final > (1 - detect.min_improvement) * initial:
-        return Verdict(TrialStatus.LEARNED_NOTHING,
-                       f"final smoothed loss {final:.4g} not {detect.min_improvement:.0%} below initial {initial:.4g}")
+        return Verdict(
+            TrialStatus.LEARNED_NOTHING,
+            f"final smoothed loss {final:.4g} not {detect.min_improvement:.0%} below initial {initial:.4g}",
+        )
     if num_classes and num_classes > 1:
         chance = math.log(num_classes)
         if final >= (1 - detect.chance_tolerance) * chance:
-            return Verdict(TrialStatus.LEARNED_NOTHING,
-                           f"final smoothed loss {final:.4g} at chance level ln {num_classes} = {chance:.4g}")
+            return Verdict(
+                TrialStatus.LEARNED_NOTHING,
+                f"final smoothed loss {final:.4g} at chance level ln {num_classes} = {chance:.4g}",
+            )
 
     early = _early_spike(losses, initial, detect)
     if early:
@@ -74,7 +81,7 @@ def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = No
     rise = _mid_training_rise(curve, initial, detect)
     if rise:
         return Verdict(TrialStatus.UNSTABLE, rise)
-    return Verdict(TrialStatus.OK, f"smoothed loss fell from {initial:.4g} to {final:.4g}")
+    return Verdict(TrialStatus.OK, f"loss fell {initial:.4g} → {final:.4g}")
 
 
 def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
@@ -83,8 +90,10 @@ def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> st
     head = losses[:window]
     peak = int(np.argmax(head))
     if head[peak] > detect.early_spike_factor * initial:
-        return (f"early instability: loss {head[peak]:.4g} > {detect.early_spike_factor:g} × "
-                f"initial {initial:.4g} at step {peak + 1}, then recovered")
+        return (
+            f"early instability: loss {head[peak]:.4g} > {detect.early_spike_factor:g} × "
+            f"initial {initial:.4g} at step {peak + 1}, then recovered"
+        )
     return None
 
 
@@ -103,5 +112,7 @@ def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig) 
     if hits.size == 0:
         return None
     t = int(hits[0])
-    return (f"mid-training instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
-            f"at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress")
+    return (
+        f"mid-training instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
+        f"at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress"
+    )

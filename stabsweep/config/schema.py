@@ -30,8 +30,8 @@ class WorkloadConfig(_Strict):
         if (self.name is None) == (self.factory is None):
             raise ValueError("give exactly one of 'name' (a built-in workload) or 'factory'")
         if self.name is not None:
-            from stabsweep.workloads import BUILTIN_WORKLOADS
             from stabsweep.errors import did_you_mean
+            from stabsweep.workloads import BUILTIN_WORKLOADS
 
             if self.name not in BUILTIN_WORKLOADS:
                 hint = did_you_mean(self.name, tuple(BUILTIN_WORKLOADS))
@@ -233,5 +233,3 @@ class Config(_Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return value
-
-

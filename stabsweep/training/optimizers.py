@@ -50,16 +50,19 @@ def optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def check_optimizer(name: str, kwargs: dict[str, Any]) -> None:
     """Raise ValueError (a config error at the optimizer's key path) for a bad name or kwarg."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer '{name}'{did_you_mean(name, tuple(OPTIMIZERS))}; "
-                         f"expected one of {', '.join(OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown optimizer '{name}'{did_you_mean(name, tuple(OPTIMIZERS))}; "
+            f"expected one of {', '.join(OPTIMIZERS)}"
+        )
     cls = optimizer_class(name)
     accepted = [p for p in inspect.signature(cls).parameters if p not in _RESERVED]
     for key in kwargs:
         if key in _RESERVED:
             raise ValueError(f"'{key}' is set by the sweep, not by the optimizer block")
         if key not in accepted:
-            raise ValueError(f"{cls.__name__} has no argument '{key}'{did_you_mean(key, accepted)}; "
-                             f"it takes {', '.join(accepted)}")
+            raise ValueError(
+                f"{cls.__name__} has no argument '{key}'{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}"
+            )
     import torch
 
     try:  # let torch judge the values (negative momentum, betas out of range, ...)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,7 @@ ScheduleBuilder = Callable[..., Any]
 def _ramp(optimizer: Any, warmup_steps: int) -> Any:
     from torch.optim.lr_scheduler import LinearLR
 
-    return LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0,
-                    total_iters=max(warmup_steps - 1, 1))
+    return LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=max(warmup_steps - 1, 1))
 
 
 def constant(optimizer: Any, steps: int, base_lr: float) -> Any:
@@ -46,21 +46,25 @@ def cosine(optimizer: Any, steps: int, base_lr: float, min_factor: float = 0.0) 
 def linear(optimizer: Any, steps: int, base_lr: float, min_factor: float = 0.0) -> Any:
     from torch.optim.lr_scheduler import LinearLR
 
-    return LinearLR(optimizer, start_factor=1.0, end_factor=max(min_factor, 1e-12),
-                    total_iters=max(steps - 1, 1))
+    return LinearLR(optimizer, start_factor=1.0, end_factor=max(min_factor, 1e-12), total_iters=max(steps - 1, 1))
 
 
 _AFTER_WARMUP = {"constant": constant, "cosine": cosine, "linear": linear}
 
 
-def warmup(optimizer: Any, steps: int, base_lr: float, warmup_steps: int = 100,
-           after: str = "constant", min_factor: float = 0.0) -> Any:
+def warmup(
+    optimizer: Any,
+    steps: int,
+    base_lr: float,
+    warmup_steps: int = 100,
+    after: str = "constant",
+    min_factor: float = 0.0,
+) -> Any:
     """Linear warmup from 0 to base_lr over ``warmup_steps``, then constant, cosine or linear decay."""
     from torch.optim.lr_scheduler import SequentialLR
 
     rest = max(steps - warmup_steps, 1)
-    tail = _AFTER_WARMUP[after](optimizer, rest, base_lr,
-                                **({} if after == "constant" else {"min_factor": min_factor}))
+    tail = _AFTER_WARMUP[after](optimizer, rest, base_lr, **({} if after == "constant" else {"min_factor": min_factor}))
     return SequentialLR(optimizer, [_ramp(optimizer, warmup_steps), tail], milestones=[warmup_steps])
 
 
@@ -75,36 +79,62 @@ def inverse_sqrt(optimizer: Any, steps: int, base_lr: float, warmup_steps: int =
     return LambdaLR(optimizer, lambda t: min((t + 1) / w, math.sqrt(w / (t + 1))))
 
 
-def sgdr(optimizer: Any, steps: int, base_lr: float, period: int | None = None,
-         period_mult: int = 1, min_factor: float = 0.0) -> Any:
+def sgdr(
+    optimizer: Any, steps: int, base_lr: float, period: int | None = None, period_mult: int = 1, min_factor: float = 0.0
+) -> Any:
     """Cosine annealing with warm restarts every ``period`` steps (default a quarter of the run)."""
     from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 
-    return CosineAnnealingWarmRestarts(optimizer, T_0=period or max(steps // 4, 1),
-                                       T_mult=period_mult, eta_min=min_factor * base_lr)
+    return CosineAnnealingWarmRestarts(
+        optimizer, T_0=period or max(steps // 4, 1), T_mult=period_mult, eta_min=min_factor * base_lr
+    )
 
 
-def cyclic(optimizer: Any, steps: int, base_lr: float, mode: str = "triangular",
-           step_size_up: int | None = None, min_factor: float = 0.1) -> Any:
+def cyclic(
+    optimizer: Any,
+    steps: int,
+    base_lr: float,
+    mode: str = "triangular",
+    step_size_up: int | None = None,
+    min_factor: float = 0.1,
+) -> Any:
     """Cyclic lr between min_factor · lr and lr (the swept rate is the peak)."""
     from torch.optim.lr_scheduler import CyclicLR
 
     if mode not in ("triangular", "triangular2"):
         raise ValueError(f"cyclic mode must be triangular or triangular2, not {mode!r}")
-    return CyclicLR(optimizer, base_lr=min_factor * base_lr, max_lr=base_lr,
-                    step_size_up=step_size_up or max(steps // 8, 1), mode=mode,
-                    cycle_momentum=False)
+    return CyclicLR(
+        optimizer,
+        base_lr=min_factor * base_lr,
+        max_lr=base_lr,
+        step_size_up=step_size_up or max(steps // 8, 1),
+        mode=mode,
+        cycle_momentum=False,
+    )
 
 
-def one_cycle(optimizer: Any, steps: int, base_lr: float, pct_start: float = 0.3,
-              div_factor: float = 25.0, final_div_factor: float = 1e4,
-              anneal_strategy: str = "cos") -> Any:
+def one_cycle(
+    optimizer: Any,
+    steps: int,
+    base_lr: float,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    anneal_strategy: str = "cos",
+) -> Any:
     """One-cycle: warm up to the swept rate, then anneal far below it. Momentum is not cycled."""
     from torch.optim.lr_scheduler import OneCycleLR
 
-    return OneCycleLR(optimizer, max_lr=base_lr, total_steps=steps, pct_start=pct_start,
-                      div_factor=div_factor, final_div_factor=final_div_factor,
-                      anneal_strategy=anneal_strategy, cycle_momentum=False)
+    return OneCycleLR(
+        optimizer,
+        max_lr=base_lr,
+        total_steps=steps,
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        anneal_strategy=anneal_strategy,
+        cycle_momentum=False,
+    )
 
 
 SCHEDULES: dict[str, ScheduleBuilder] = {
@@ -127,14 +157,16 @@ def schedule_args(name: str) -> list[str]:
 def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
     """Raise ValueError (a config error at the schedule's key path) for a bad name or argument."""
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule '{name}'{did_you_mean(name, tuple(SCHEDULES))}; "
-                         f"expected one of {', '.join(SCHEDULES)}")
+        raise ValueError(
+            f"unknown schedule '{name}'{did_you_mean(name, tuple(SCHEDULES))}; expected one of {', '.join(SCHEDULES)}"
+        )
     accepted = schedule_args(name)
     for key in kwargs:
         if key not in accepted:
             takes = ", ".join(accepted) or "no arguments"
-            raise ValueError(f"schedule '{name}' has no argument '{key}'{did_you_mean(key, accepted)}; "
-                             f"it takes {takes}")
+            raise ValueError(
+                f"schedule '{name}' has no argument '{key}'{did_you_mean(key, accepted)}; it takes {takes}"
+            )
     if kwargs.get("after", "constant") not in _AFTER_WARMUP:
         raise ValueError(f"'after' must be one of {', '.join(_AFTER_WARMUP)}")
     try:
@@ -143,8 +175,7 @@ def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
         raise ValueError(f"schedule '{name}' rejected these arguments: {exc}") from None
 
 
-def lr_table(name: str, kwargs: dict[str, Any], base_lr: float, steps: int,
-             warmup_steps: int = 0) -> np.ndarray:
+def lr_table(name: str, kwargs: dict[str, Any], base_lr: float, steps: int, warmup_steps: int = 0) -> np.ndarray:
     """The learning rate of every step, from the torch scheduler stepped ``steps`` times.
 
     ``warmup_steps > 0`` prepends a linear warmup to the schedule (DESIGN §5): the table then
@@ -158,8 +189,7 @@ def lr_table(name: str, kwargs: dict[str, Any], base_lr: float, steps: int,
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
     scheduler = SCHEDULES[name](optimizer, steps, base_lr, **kwargs)
     if warmup_steps > 0:
-        scheduler = SequentialLR(optimizer, [_ramp(optimizer, warmup_steps), scheduler],
-                                 milestones=[warmup_steps])
+        scheduler = SequentialLR(optimizer, [_ramp(optimizer, warmup_steps), scheduler], milestones=[warmup_steps])
     total = steps + warmup_steps
     table = np.empty(total, dtype=np.float64)
     with warnings.catch_warnings():  # the throw-away optimizer never steps; torch would warn

@@ -31,8 +31,13 @@ from stabsweep.workloads.base import Workload
 GPU_SYNC_EVERY = 32
 
 
-def train_trial(spec: TrialSpec, factory: Callable[[int], Workload], optimizer: OptimizerConfig,
-                detect: DetectConfig, device: torch.device) -> TrialResult:
+def train_trial(
+    spec: TrialSpec,
+    factory: Callable[[int], Workload],
+    optimizer: OptimizerConfig,
+    detect: DetectConfig,
+    device: torch.device,
+) -> TrialResult:
     """Run one trial; an exception inside it is a FAILED result, never a crash of the sweep."""
     start = time.perf_counter()
     try:
@@ -41,10 +46,14 @@ def train_trial(spec: TrialSpec, factory: Callable[[int], Workload], optimizer: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
         frame = traceback.extract_tb(exc.__traceback__)[-1]
-        return TrialResult(spec, TrialStatus.FAILED,
-                           f"raised {type(exc).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}",
-                           steps_run=0, wall_seconds=time.perf_counter() - start,
-                           error=f"{type(exc).__name__}: {exc}")
+        return TrialResult(
+            spec,
+            TrialStatus.FAILED,
+            f"raised {type(exc).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}",
+            steps_run=0,
+            wall_seconds=time.perf_counter() - start,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
 
 def batches_forever(data: Any) -> Iterator[Any]:
@@ -77,13 +86,20 @@ def _place(data: Any, device: torch.device) -> bool:
 
 
 class _Trial:
-    def __init__(self, spec: TrialSpec, workload: Workload, optimizer: OptimizerConfig,
-                 detect: DetectConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: TrialSpec,
+        workload: Workload,
+        optimizer: OptimizerConfig,
+        detect: DetectConfig,
+        device: torch.device,
+    ) -> None:
         self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
         self.model = workload.model.to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.lrs = lr_table(spec.schedule.name, spec.schedule.kwargs, spec.lr,
-                            spec.steps - spec.warmup_steps, spec.warmup_steps)
+        self.lrs = lr_table(
+            spec.schedule.name, spec.schedule.kwargs, spec.lr, spec.steps - spec.warmup_steps, spec.warmup_steps
+        )
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, self.params, float(self.lrs[0]))
         self.clipper = build_clipper(spec.clip, device)
         self.num_classes = workload.num_classes
@@ -129,8 +145,9 @@ class _Trial:
             done = step + 1
             if done - synced >= self.sync_every or done == steps:
                 losses[synced:done] = loss_buf[synced:done].cpu().numpy()
-                diverged_at = divergence_step(losses[synced:done], losses[0],
-                                              self.detect.divergence_factor, offset=synced)
+                diverged_at = divergence_step(
+                    losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
+                )
                 synced = done
                 if diverged_at is not None:
                     break
@@ -139,21 +156,39 @@ class _Trial:
                 self.model.train()
 
         steps_run = diverged_at or steps
-        return self.result(start, losses[:steps_run], norm_buf[:steps_run].cpu().numpy(),
-                           threshold_buf[:steps_run].cpu().numpy(), evals)
+        return self.result(
+            start,
+            losses[:steps_run],
+            norm_buf[:steps_run].cpu().numpy(),
+            threshold_buf[:steps_run].cpu().numpy(),
+            evals,
+        )
 
-    def result(self, start: float, losses: np.ndarray, norms: np.ndarray, thresholds: np.ndarray,
-               evals: list[dict[str, float]]) -> TrialResult:
+    def result(
+        self, start: float, losses: np.ndarray, norms: np.ndarray, thresholds: np.ndarray, evals: list[dict[str, float]]
+    ) -> TrialResult:
         verdict = judge(losses, self.detect, self.num_classes)
         eval_losses = [e["eval_loss"] for e in evals if math.isfinite(e["eval_loss"])]
         final = float(smoothed(losses, self.detect.smoothing)[-1]) if losses.size else None
-        log = StepLog(lr=self.lrs[: losses.size].copy(), train_loss=losses, grad_norm=norms,
-                      clip_threshold=thresholds, clipped=norms > np.nan_to_num(thresholds, nan=np.inf))
-        return TrialResult(self.spec, verdict.status, verdict.reason, steps_run=int(losses.size),
-                           wall_seconds=time.perf_counter() - start,
-                           best_eval_loss=min(eval_losses) if eval_losses else None,
-                           final_train_loss=final, diverged_step=verdict.diverged_step,
-                           steps=log, evals=evals)
+        log = StepLog(
+            lr=self.lrs[: losses.size].copy(),
+            train_loss=losses,
+            grad_norm=norms,
+            clip_threshold=thresholds,
+            clipped=norms > np.nan_to_num(thresholds, nan=np.inf),
+        )
+        return TrialResult(
+            self.spec,
+            verdict.status,
+            verdict.reason,
+            steps_run=int(losses.size),
+            wall_seconds=time.perf_counter() - start,
+            best_eval_loss=min(eval_losses) if eval_losses else None,
+            final_train_loss=final,
+            diverged_step=verdict.diverged_step,
+            steps=log,
+            evals=evals,
+        )
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:

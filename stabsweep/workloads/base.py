@@ -44,8 +44,15 @@ class TensorBatches:
     training step does no host-to-device copy.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = True) -> None:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self._epoch = 0
@@ -69,5 +76,5 @@ class TensorBatches:
             order = torch.arange(n, device=self.inputs.device)
         self._epoch += 1
         for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.inputs[index], self.targets[index]

@@ -28,16 +28,20 @@ class ResidualBlock(nn.Module):
         super().__init__()
         bias = norm == "none"
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=bias), _norm(norm, channels), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=bias), _norm(norm, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=bias),
+            _norm(norm, channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=bias),
+            _norm(norm, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.body(x)).relu()
 
 
-def build(seed: int, batch_size: int = 64, channels: int = 32, blocks: int = 2,
-          norm: str = "batch", stride: int = 1) -> Workload:
+def build(
+    seed: int, batch_size: int = 64, channels: int = 32, blocks: int = 2, norm: str = "batch", stride: int = 1
+) -> Workload:
     """Stem conv (``stride`` 1 keeps 8×8, 2 halves it), residual blocks, global pooling."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}")
@@ -47,9 +51,12 @@ def build(seed: int, batch_size: int = 64, channels: int = 32, blocks: int = 2,
     model = nn.Sequential(
         nn.Unflatten(1, (1, 8, 8)),
         nn.Conv2d(1, channels, 3, stride=stride, padding=1, bias=norm == "none"),
-        _norm(norm, channels), nn.ReLU(),
+        _norm(norm, channels),
+        nn.ReLU(),
         *[ResidualBlock(channels, norm) for _ in range(blocks)],
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, NUM_CLASSES),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, NUM_CLASSES),
     )
     x_train, y_train, x_val, y_val = digits_split()
     return Workload(

@@ -24,5 +24,6 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     x = torch.tensor(data.data / 16.0, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
     x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=VALIDATION_FRACTION, random_state=SPLIT_SEED, stratify=y)
+        x, y, test_size=VALIDATION_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
     return x_train, y_train, x_val, y_val

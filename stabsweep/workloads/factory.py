@@ -47,12 +47,14 @@ class WorkloadFactory:
             kwargs["batch_size"] = self.batch_size
         workload = fn(seed=seed, **kwargs)
         if not isinstance(workload, Workload):
-            raise UserError(f"{self.key}: {self.target} returned {type(workload).__name__}, "
-                            "expected stabsweep.Workload(model=..., train_data=..., loss_fn=...)")
+            raise UserError(
+                f"{self.key}: {self.target} returned {type(workload).__name__}, "
+                "expected stabsweep.Workload(model=..., train_data=..., loss_fn=...)"
+            )
         return workload
 
-    def check(self) -> None:
-        """Fail early, before any trial, for a factory that cannot be loaded or called."""
+    def check(self, seed: int) -> None:
+        """Fail early, before any trial, for a factory that cannot be loaded, called or used."""
         fn = self.function()
         params = inspect.signature(fn).parameters
         if "seed" not in params and not _has_var_keyword(fn):
@@ -61,20 +63,34 @@ class WorkloadFactory:
             accepted = [p for p in params if p not in ("seed", "batch_size")]
             for name in self.args:
                 if name not in params:
-                    raise UserError(f"workload.args.{name}: {self.target} has no argument "
-                                    f"'{name}'{did_you_mean(name, accepted)}; it takes {', '.join(accepted)}")
+                    raise UserError(
+                        f"workload.args.{name}: {self.target} has no argument "
+                        f"'{name}'{did_you_mean(name, accepted)}; it takes {', '.join(accepted)}"
+                    )
+        try:
+            self(seed)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the factory raised: bad args or a bug in it
+            raise UserError(
+                f"{self.key}: calling {self.target.rsplit('/', 1)[-1]}(seed={seed}) raised {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def resolve_factory(workload: Any, config_source: str | None = None) -> WorkloadFactory:
     """The factory a ``WorkloadConfig`` names; relative file paths resolve against the config's folder."""
     if workload.name is not None:
-        return WorkloadFactory(BUILTIN_WORKLOADS[workload.name], dict(workload.args),
-                               workload.batch_size, key="workload.name")
+        return WorkloadFactory(
+            BUILTIN_WORKLOADS[workload.name], dict(workload.args), workload.batch_size, key="workload.name"
+        )
     target, _, fn_name = workload.factory.rpartition(":")
     if target.endswith(".py") or "/" in target:
         path = Path(target)
-        candidates = [path] if path.is_absolute() else [
-            Path(config_source).parent / path if config_source else path, Path.cwd() / path]
+        candidates = (
+            [path]
+            if path.is_absolute()
+            else [Path(config_source).parent / path if config_source else path, Path.cwd() / path]
+        )
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             tried = " or ".join(str(c) for c in dict.fromkeys(candidates))
@@ -96,7 +112,7 @@ def _load(target: str, key: str) -> Callable[..., Any]:
         raise
     except ModuleNotFoundError as exc:
         raise UserError(f"{key}: cannot import '{module_name}': {exc}") from None
-    except Exception as exc:  # the user's module raised while importing
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
         raise UserError(f"{key}: importing {module_name} raised {type(exc).__name__}: {exc}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):

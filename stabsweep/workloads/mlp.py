@@ -6,8 +6,7 @@ from stabsweep.workloads.base import TensorBatches, Workload
 from stabsweep.workloads.digits import NUM_CLASSES, digits_split
 
 
-def build(seed: int, batch_size: int = 64, hidden: int = 128, depth: int = 3,
-          activation: str = "relu") -> Workload:
+def build(seed: int, batch_size: int = 64, hidden: int = 128, depth: int = 3, activation: str = "relu") -> Workload:
     """``depth`` hidden layers of width ``hidden`` between the 64 pixels and the 10 classes."""
     import torch
     from torch import nn

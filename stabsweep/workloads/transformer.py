@@ -20,8 +20,7 @@ from torch import nn
 from stabsweep.workloads.base import TensorBatches, Workload
 
 
-def markov_language(seed: int, vocab: int, seq_len: int, sequences: int,
-                    concentration: float = 0.1) -> torch.Tensor:
+def markov_language(seed: int, vocab: int, seq_len: int, sequences: int, concentration: float = 0.1) -> torch.Tensor:
     """``sequences`` token sequences of length ``seq_len + 1`` from a seeded Markov chain."""
     generator = torch.Generator().manual_seed(seed)
     alpha = torch.full((vocab, vocab), concentration)
@@ -71,8 +70,9 @@ class Block(nn.Module):
 
 
 class TinyLM(nn.Module):
-    def __init__(self, vocab: int, seq_len: int, dim: int, heads: int, layers: int,
-                 norm: str, rezero: bool, qk_norm: bool) -> None:
+    def __init__(
+        self, vocab: int, seq_len: int, dim: int, heads: int, layers: int, norm: str, rezero: bool, qk_norm: bool
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(seq_len, dim) * 0.02)
@@ -93,9 +93,20 @@ def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) 
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def build(seed: int, batch_size: int = 32, vocab: int = 32, seq_len: int = 32, dim: int = 64,
-          heads: int = 4, layers: int = 2, norm: str = "post", rezero: bool = False,
-          qk_norm: bool = False, train_sequences: int = 2048, eval_sequences: int = 256) -> Workload:
+def build(
+    seed: int,
+    batch_size: int = 32,
+    vocab: int = 32,
+    seq_len: int = 32,
+    dim: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    norm: str = "post",
+    rezero: bool = False,
+    qk_norm: bool = False,
+    train_sequences: int = 2048,
+    eval_sequences: int = 256,
+) -> Workload:
     if norm not in ("pre", "post"):
         raise ValueError("norm must be 'pre' or 'post'")
     if dim % heads:

@@ -1,0 +1,78 @@
+"""Options every command shares, and the one place errors become exit codes.
+
+Exit codes (DESIGN §1): 0 success (instability found is still success), 2 bad input, 1 an
+internal error, 130 interrupted (finished trials are kept; rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stabsweep.errors import UserError
+
+Out = Annotated[
+    Path | None, typer.Option("--out", help="Run folder; results go to OUT/<command>/. Default: runs/<config name>/.")
+]
+Set = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set train.steps=200 (repeatable; values are YAML)."),
+]
+Device = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device).")
+]
+Resume = Annotated[bool, typer.Option("--resume", help="Keep finished trials and run only the missing ones.")]
+Force = Annotated[bool, typer.Option("--force", help="Delete this command's earlier results and start over.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Json = Annotated[bool, typer.Option("--json", help="Print summary.json on stdout (for CI smoke runs).")]
+
+
+def execute(
+    body: Callable[[], dict[str, Any]],
+    *,
+    json_output: bool,
+    quiet: bool,
+    run_folder: Callable[[], Path | None] = lambda: None,
+) -> None:
+    """Run a command body and turn its outcome into output and an exit code."""
+    from stabsweep.report.console import make_console
+
+    console = make_console(quiet=False)
+    try:
+        summary = body()
+    except UserError as exc:
+        console.print(f"error: {exc.message}", markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        folder = run_folder()
+        where = f" in {folder}" if folder else ""
+        console.print(f"interrupted: finished trials are saved{where}; rerun with --resume to finish", markup=False)
+        raise typer.Exit(130) from None
+    except Exception:  # noqa: BLE001 - a bug of ours: say so, with the traceback for a report
+        console.print("internal error (a bug in stabsweep, please report it):", markup=False)
+        console.print(traceback.format_exc(), markup=False)
+        raise typer.Exit(1) from None
+    if json_output:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def load(config: Path, overrides: list[str] | None) -> Any:
+    from stabsweep.config.loader import load_config, parse_overrides
+
+    return load_config(config, parse_overrides(overrides))
+
+
+def context(
+    config: Any, *, out: Path | None, device: str | None, resume: bool, force: bool, quiet: bool, json_output: bool
+) -> Any:
+    from stabsweep.procedures.context import Context, RunOptions
+    from stabsweep.report.console import make_console
+
+    options = RunOptions(out=out, device=device, resume=resume, force=force, quiet=quiet or json_output)
+    return Context(config, options, make_console(quiet=options.quiet))

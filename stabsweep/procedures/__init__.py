@@ -1,0 +1,1 @@
+"""The playbook's procedures: plan trials, run them, analyse, report (DESIGN §7)."""

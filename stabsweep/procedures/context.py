@@ -1,0 +1,62 @@
+"""What every procedure needs: the config, where to write, how to run and how to talk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stabsweep.engine.executors import LocalExecutor, TrialJob
+from stabsweep.results.store import ResultsStore
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from stabsweep.config.schema import Config
+    from stabsweep.engine.trial import TrialResult, TrialSpec
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = None  # the run root; the command's folder is <out>/<command>/
+    device: str | None = None  # overrides config.device
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class Context:
+    config: Config
+    options: RunOptions
+    console: Console
+    executor: LocalExecutor = field(default_factory=LocalExecutor)
+
+    @property
+    def run_root(self) -> Path:
+        return self.options.out or Path("runs") / self.config.name
+
+    def job(self) -> TrialJob:
+        from stabsweep.training.device import resolve_device
+        from stabsweep.workloads.factory import resolve_factory
+
+        factory = resolve_factory(self.config.workload, self.config.source)
+        factory.check(self.config.seed)
+        device = resolve_device(self.options.device or self.config.device)
+        return TrialJob(factory, self.config.train.optimizer, self.config.detect, str(device))
+
+    def store(self, command: str) -> ResultsStore:
+        return ResultsStore(self.run_root / command, self.config, resume=self.options.resume, force=self.options.force)
+
+    def run_trials(self, specs: list[TrialSpec], job: TrialJob, store: ResultsStore, label: str) -> list[TrialResult]:
+        """Run the specs that ``store`` has no result for, writing each as it finishes."""
+        from stabsweep.report.console import SweepProgress
+
+        todo = [s for s in specs if s.trial_id not in store.completed]
+        results = []
+        with SweepProgress(self.console, label, total=len(specs), done=len(specs) - len(todo)) as progress:
+            for result in self.executor.run(todo, job):
+                store.write(result)
+                progress.advance(result)
+                results.append(result)
+        return results

@@ -1,0 +1,1 @@
+"""Telling the user what happened: console output, plots and summary.json."""

@@ -1,0 +1,108 @@
+"""Console output with rich: progress while trials run, then a table, a verdict, a next step.
+
+Everything goes to stderr, so ``--json`` can own stdout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from stabsweep.engine.trial import TrialResult
+
+STATUS_STYLE = {"ok": "green", "unstable": "yellow", "diverged": "red", "learned_nothing": "red", "failed": "magenta"}
+
+
+HEADERS = {
+    "best_eval_loss": "best eval",
+    "final_train_loss": "final train",
+    "diverged_step": "diverged at",
+    "warmup_steps": "warmup",
+    "post_warmup_steps": "post",
+    "clip_threshold": "clip at",
+}
+
+
+def make_console(quiet: bool = False) -> Console:
+    return Console(stderr=True, quiet=quiet, highlight=False)
+
+
+class SweepProgress:
+    """A progress bar over trials; the description shows the last trial's outcome."""
+
+    def __init__(self, console: Console, label: str, total: int, done: int = 0) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=console,
+            transient=True,
+        )
+        self.task = self.progress.add_task(label, total=total, completed=done, last="resuming" if done else "")
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def advance(self, result: TrialResult) -> None:
+        style = STATUS_STYLE.get(result.status.value, "")
+        last = f"lr={result.spec.lr:.3g} [{style}]{result.status.value}[/]"
+        self.progress.update(self.task, advance=1, last=last)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(trials: pd.DataFrame, columns: list[str], title: str, marks: dict[int, str] | None = None) -> Table:
+    """One row per trial; ``marks`` adds a note (e.g. 'lr*') to chosen trial ids."""
+    marks = marks or {}
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(
+            HEADERS.get(column, column.replace("_", " ")),
+            justify="left" if column in ("status", "reason", "phase") else "right",
+            overflow="fold",
+            ratio=3 if column == "reason" else None,
+        )
+    table.add_column("note")
+    for _, row in trials.iterrows():
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            text = _fmt(value)
+            if column == "status":
+                text = f"[{STATUS_STYLE.get(str(value), '')}]{text}[/]"
+            cells.append(text)
+        cells.append(marks.get(int(row["trial_id"]), ""))
+        table.add_row(*cells)
+    return table
+
+
+def print_verdict(
+    console: Console, verdict: str, warnings: list[str], next_command: str | None, files: str | None = None
+) -> None:
+    console.print()
+    console.print(f"[bold]Verdict:[/] {verdict}")
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if files:
+        console.print(f"[dim]Results in {files}[/]")
+    if next_command:
+        console.print(f"[bold]Next:[/] {next_command}", soft_wrap=True)

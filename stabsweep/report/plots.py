@@ -1,0 +1,154 @@
+"""The plots of DESIGN §6, drawn with matplotlib's non-interactive Agg backend.
+
+Each plot takes the tables the sweep wrote (pandas frames) and marks what the analysis
+found, so a plot never disagrees with trials.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+INFEASIBLE = ("diverged", "learned_nothing")
+BEST, ABOVE, OTHER = "tab:green", ("tab:orange", "tab:red", "tab:purple"), "0.75"
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Figure, Axes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, ax
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def hyperparameter_axis(
+    trials: pd.DataFrame,
+    x: str,
+    objective: str,
+    path: Path,
+    *,
+    best: float | None = None,
+    unstable: float | None = None,
+    title: str = "",
+    xlabel: str | None = None,
+) -> Path:
+    """Objective vs a hyperparameter (log axis); infeasible trials as red crosses at the top."""
+    fig, ax = _figure()
+    feasible = trials[~trials["status"].isin((*INFEASIBLE, "failed"))].sort_values(x)
+    bad = trials[trials["status"].isin(INFEASIBLE)]
+    ax.plot(feasible[x], feasible[objective], "-", color="0.6", zorder=1)
+    for status, color in (("ok", "tab:blue"), ("unstable", "tab:orange")):
+        part = feasible[feasible["status"] == status]
+        ax.scatter(part[x], part[objective], color=color, label=status, zorder=2)
+    if len(bad):
+        ax.scatter(
+            bad[x],
+            np.full(len(bad), 0.97),
+            marker="x",
+            color="red",
+            s=60,
+            transform=ax.get_xaxis_transform(),
+            label="infeasible (diverged / learned nothing)",
+            zorder=3,
+        )
+    if best is not None:
+        ax.axvline(best, color=BEST, ls="--", label=f"lr* = {best:.3g}")
+    if unstable is not None:
+        ax.axvline(unstable, color="tab:red", ls=":", label=f"unstable base lr = {unstable:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(objective.replace("_", " "))
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _highlight(trial_ids: list[int], best_id: int | None, above_ids: list[int]) -> dict[int, tuple[str, float]]:
+    style = {tid: (OTHER, 0.8) for tid in trial_ids}
+    for tid, color in zip(above_ids, ABOVE, strict=False):
+        style[tid] = (color, 1.6)
+    if best_id is not None:
+        style[best_id] = (BEST, 2.0)
+    return style
+
+
+def step_curves(
+    steps: pd.DataFrame,
+    trials: pd.DataFrame,
+    column: str,
+    path: Path,
+    *,
+    best_id: int | None = None,
+    above_ids: list[int] | None = None,
+    label: str = "lr",
+    smooth: int = 1,
+    title: str = "",
+    threshold_column: bool = False,
+) -> Path:
+    """``column`` vs step for every trial; the best and the next rates up are highlighted."""
+    fig, ax = _figure()
+    above_ids = above_ids or []
+    styles = _highlight(list(trials["trial_id"]), best_id, above_ids)
+    order = sorted(styles, key=lambda tid: styles[tid][1])  # highlighted curves drawn last, on top
+    labels = trials.set_index("trial_id")[label]
+    statuses = trials.set_index("trial_id")["status"].to_dict()
+    for tid in order:
+        part = steps[steps["trial_id"] == tid]
+        if part.empty:
+            continue
+        values = part[column].to_numpy(dtype=float)
+        if smooth > 1:
+            import pandas as pd
+
+            values = pd.Series(values).ewm(span=smooth).mean().to_numpy()
+        color, width = styles[tid]
+        highlighted = color != OTHER
+        ax.plot(
+            part["step"], values, color=color, lw=width, label=f"{label}={labels[tid]:.3g}" if highlighted else None
+        )
+        if statuses.get(tid) == "diverged":  # mark where the trial was stopped
+            finite = np.flatnonzero(np.isfinite(values))
+            if finite.size:
+                ax.plot(part["step"].iloc[finite[-1]], values[finite[-1]], "x", color="red", ms=8)
+    if threshold_column and "clip_threshold" in steps:
+        part = steps[steps["trial_id"] == best_id] if best_id is not None else steps
+        ax.plot(part["step"], part["clip_threshold"], "k--", lw=1, label="clip threshold")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(column.replace("_", " ") + (f" (EMA span {smooth})" if smooth > 1 else ""))
+    ax.set_title(title + ("  (grey: other rates)" if len(styles) > len(above_ids) + 1 else ""))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path) -> Path:
+    """The early-instability run: training and eval loss at every one of the first steps."""
+    fig, ax = _figure()
+    ax.plot(steps["step"], steps["train_loss"], color="tab:blue", lw=1, label="train loss")
+    if len(evals):
+        ax.plot(evals["step"], evals["eval_loss"], color="tab:orange", lw=1, label="eval loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"early check at lr = {lr:g}: loss at every step")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

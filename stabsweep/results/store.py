@@ -1,0 +1,161 @@
+"""The results folder of one command: ``config.yaml``, ``trials.csv``, ``steps.csv``, ``evals.csv``.
+
+Crash safety comes from write order. A finished trial appends its ``steps.csv`` and
+``evals.csv`` rows first and its ``trials.csv`` row last, each file flushed as it is
+written; the ``trials.csv`` row is the commit record. A sweep killed at any moment leaves at
+worst orphan step rows of an unfinished trial, which ``--resume`` drops before it runs
+exactly the trials that have no row. :meth:`finalize` sorts the files so a resumed sweep's
+files read as if it had never been interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from stabsweep.config.loader import dump_config
+from stabsweep.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from stabsweep.config.schema import Config
+    from stabsweep.engine.trial import TrialResult
+
+TRIALS, STEPS, EVALS = "trials.csv", "steps.csv", "evals.csv"
+STEP_COLUMNS = ["trial_id", "step", "lr", "train_loss", "grad_norm", "clip_threshold", "clipped"]
+OUTPUTS = (TRIALS, STEPS, EVALS, "summary.json", "config.yaml")
+
+
+class ResultsStore:
+    def __init__(self, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> None:
+        self.folder = folder
+        self._completed: set[int] = set()
+        if resume and force:
+            raise UserError("--resume and --force contradict each other: give one")
+        has_results = (folder / TRIALS).exists()
+        if has_results and not (resume or force):
+            raise UserError(f"{folder} already holds results: add --resume to finish them, or --force to start over")
+        folder.mkdir(parents=True, exist_ok=True)
+        if force:
+            for name in OUTPUTS:
+                (folder / name).unlink(missing_ok=True)
+            for plot in (folder / "plots").glob("*.png"):
+                plot.unlink()
+        elif resume and has_results:
+            self._check_same_config(config)
+            self._drop_unfinished()
+        (folder / "config.yaml").write_text(dump_config(config))
+
+    @property
+    def completed(self) -> set[int]:
+        """Trial ids that finished before this run (on --resume)."""
+        return set(self._completed)
+
+    def write(self, result: TrialResult) -> None:
+        """Append one finished trial; the trials.csv row goes last (see module docstring)."""
+        import pandas as pd
+
+        if result.steps is not None and result.steps_run:
+            log = result.steps
+            steps = pd.DataFrame(
+                {
+                    "trial_id": result.spec.trial_id,
+                    "step": range(1, result.steps_run + 1),
+                    "lr": log.lr,
+                    "train_loss": log.train_loss,
+                    "grad_norm": log.grad_norm,
+                    "clip_threshold": log.clip_threshold,
+                    "clipped": log.clipped,
+                }
+            )
+            self._append(STEPS, steps)
+        if result.evals:
+            self._append(EVALS, pd.DataFrame([{"trial_id": result.spec.trial_id, **e} for e in result.evals]))
+        self._append(TRIALS, pd.DataFrame([result.row()]))
+
+    def finalize(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Sort every file by trial and step, rewrite them, and return them."""
+        trials = self.read(TRIALS).sort_values("trial_id", kind="stable")
+        steps = self.read(STEPS)
+        evals = self.read(EVALS)
+        steps = steps.sort_values(["trial_id", "step"], kind="stable") if len(steps) else steps
+        evals = evals.sort_values(["trial_id", "step"], kind="stable") if len(evals) else evals
+        for name, frame in ((TRIALS, trials), (STEPS, steps), (EVALS, evals)):
+            if len(frame.columns):
+                frame.to_csv(self.folder / name, index=False)
+        return trials.reset_index(drop=True), steps.reset_index(drop=True), evals.reset_index(drop=True)
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        path = self.folder / "summary.json"
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        return path
+
+    def read(self, name: str) -> pd.DataFrame:
+        import pandas as pd
+
+        path = self.folder / name
+        if not path.exists() or path.stat().st_size == 0:
+            return pd.DataFrame()
+        return pd.read_csv(path, on_bad_lines="skip")
+
+    def _append(self, name: str, frame: pd.DataFrame) -> None:
+        path = self.folder / name
+        header = not path.exists() or path.stat().st_size == 0
+        if not header:  # keep the file's column order when a later trial has more columns
+            columns = list(self._header(path))
+            extra = [c for c in frame.columns if c not in columns]
+            if extra:
+                self._widen(path, columns + extra)
+                columns += extra
+            frame = frame.reindex(columns=columns)
+        with path.open("a", newline="") as handle:
+            frame.to_csv(handle, header=header, index=False)
+            handle.flush()
+
+    @staticmethod
+    def _header(path: Path) -> list[str]:
+        with path.open() as handle:
+            return handle.readline().rstrip("\n").split(",")
+
+    def _widen(self, path: Path, columns: list[str]) -> None:
+        frame = self.read(path.name).reindex(columns=columns)
+        frame.to_csv(path, index=False)
+
+    def _check_same_config(self, config: Config) -> None:
+        saved_path = self.folder / "config.yaml"
+        if not saved_path.exists():
+            return
+        saved = yaml.safe_load(saved_path.read_text())
+        current = yaml.safe_load(dump_config(config))
+        changed = _first_difference(saved, current)
+        if changed:
+            raise UserError(
+                f"--resume: {changed} differs from {saved_path}; the finished trials would not "
+                "match the new ones. Use --force to start over, or undo the change"
+            )
+
+    def _drop_unfinished(self) -> None:
+        trials = self.read(TRIALS)
+        if "status" in trials:  # a row cut short by a kill has no status: not finished
+            trials = trials[trials["status"].notna() & trials["trial_id"].notna()]
+            trials.to_csv(self.folder / TRIALS, index=False)
+        done = set(trials["trial_id"].astype(int)) if "status" in trials else set()
+        for name in (STEPS, EVALS):
+            frame = self.read(name)
+            if len(frame):
+                frame[frame["trial_id"].isin(done)].to_csv(self.folder / name, index=False)
+        self._completed = done
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else (path or "the config")
