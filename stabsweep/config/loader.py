@@ -100,7 +100,8 @@ def _explain(exc: ValidationError, source: str, overrides: dict[str, Any]) -> st
         if "input" in first and first["type"] not in ("value_error", "assertion_error"):
             message += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
-    return f"{origin}: {key or '<top>'}: {message}{more}"
+    where = "" if origin == f"--set {key}" else f"{key or '<top>'}: "
+    return f"{origin}: {where}{message}{more}"
 
 
 def _is_union_tag(part: Any) -> bool:

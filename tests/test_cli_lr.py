@@ -1,0 +1,214 @@
+"""``stabsweep lr`` end to end, through typer's CliRunner and as a real process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from stabsweep.cli import app
+
+from .conftest import ROOT
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_writes_every_file(smoke_config, tmp_path):
+    result = invoke("lr", smoke_config, "--out", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    folder = tmp_path / "lr"
+    for name in (
+        "config.yaml",
+        "trials.csv",
+        "steps.csv",
+        "evals.csv",
+        "summary.json",
+        "plots/lr_sweep.png",
+        "plots/loss_curves.png",
+        "plots/grad_norms.png",
+    ):
+        assert (folder / name).stat().st_size > 0, name
+    assert json.loads((folder / "summary.json").read_text()) == summary
+    for key in ("best_lr", "unstable_base_lr", "verdict", "infeasible_fraction", "warnings", "next_command"):
+        assert key in summary
+
+    trials = pd.read_csv(folder / "trials.csv")
+    steps = pd.read_csv(folder / "steps.csv")
+    evals = pd.read_csv(folder / "evals.csv")
+    assert list(trials["lr"]) == [0.01, 0.1, 1.0, 30.0]
+    assert set(steps.columns) >= {"trial_id", "step", "lr", "train_loss", "grad_norm", "clipped"}
+    assert set(evals.columns) >= {"trial_id", "step", "eval_loss", "eval_accuracy"}
+    # every trial with a non-finite loss is marked diverged, stopped at that step
+    for tid, part in steps.groupby("trial_id"):
+        row = trials.set_index("trial_id").loc[tid]
+        assert row["steps_run"] == len(part)
+        if not np.isfinite(part["train_loss"]).all():
+            assert row["status"] == "diverged"
+            assert row["diverged_step"] == part["step"].iloc[-1]
+    assert trials.set_index("lr").loc[30.0, "status"] == "diverged"
+    # the findings follow the rules applied to trials.csv
+    feasible = trials[trials["status"].isin(["ok", "unstable"])]
+    assert summary["best_lr"] == feasible.loc[feasible["best_eval_loss"].idxmin(), "lr"]
+    above = trials[(trials["lr"] > summary["best_lr"]) & trials["status"].isin(["diverged", "unstable"])]
+    assert summary["unstable_base_lr"] == above["lr"].min()
+    assert summary["next_command"] == f"stabsweep warmup --from {tmp_path}"
+
+
+@pytest.mark.slow
+def test_human_output_has_table_verdict_and_next_command(smoke_config, tmp_path):
+    result = invoke("lr", smoke_config, "--out", tmp_path, "--early-check")
+    assert result.exit_code == 0
+    assert "learning-rate sweep" in result.output and "lr*" in result.output
+    assert "Verdict:" in result.output and "Next: stabsweep warmup --from" in result.output
+    assert "Early check at lr=" in result.output
+    summary = json.loads((tmp_path / "lr" / "summary.json").read_text())
+    early = summary["early_check"]
+    assert early["lr"] == pytest.approx(2 * summary["best_lr"])
+    evals = pd.read_csv(tmp_path / "lr" / "evals.csv")
+    assert len(evals[evals["trial_id"] == early["trial_id"]]) == early["steps"] + 1  # every step, and step 0
+    assert (tmp_path / "lr" / "plots" / "early_check.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "train.stepz=3"], "--set train.stepz: unknown key (did you mean 'steps'?)"),
+        (["--set", "workload.factory=nowhere.py:build", "--set", "workload.name=null"], "file not found"),
+        (["--device", "cuda:7"], "device"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message(smoke_config, tmp_path, args, expected):
+    result = runner.invoke(app, ["lr", str(smoke_config), "--out", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_config_exits_2(tmp_path):
+    result = runner.invoke(app, ["lr", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "config file not found" in result.output
+
+
+@pytest.mark.slow
+def test_existing_results_need_resume_or_force(smoke_config, tmp_path):
+    assert invoke("lr", smoke_config, "--out", tmp_path, "-q").exit_code == 0
+    again = runner.invoke(app, ["lr", str(smoke_config), "--out", str(tmp_path)])
+    assert again.exit_code == 2 and "--resume" in again.output
+    changed = runner.invoke(
+        app, ["lr", str(smoke_config), "--out", str(tmp_path), "--resume", "--set", "train.steps=61"]
+    )
+    assert changed.exit_code == 2 and "train.steps differs" in changed.output
+    assert invoke("lr", smoke_config, "--out", tmp_path, "--force", "-q").exit_code == 0
+
+
+def comparable(folder):
+    trials = pd.read_csv(folder / "trials.csv").drop(columns=["wall_seconds"])
+    return trials, pd.read_csv(folder / "steps.csv"), pd.read_csv(folder / "evals.csv")
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_to_the_same_files(smoke_config, tmp_path, monkeypatch):
+    from stabsweep.training import trainer
+
+    reference = tmp_path / "reference"
+    assert invoke("lr", smoke_config, "--out", reference, "-q").exit_code == 0
+
+    real, calls = trainer.train_trial, []
+
+    def interrupted(spec, *args, **kwargs):
+        calls.append(spec.trial_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_trial", interrupted)
+    broken = tmp_path / "broken"
+    result = runner.invoke(app, ["lr", str(smoke_config), "--out", str(broken)])
+    assert result.exit_code == 130 and "--resume" in result.output
+    assert len(pd.read_csv(broken / "lr" / "trials.csv")) == 2
+
+    calls.clear()
+    monkeypatch.setattr(trainer, "train_trial", real)
+    assert invoke("lr", smoke_config, "--out", broken, "--resume", "-q").exit_code == 0
+    for got, want in zip(comparable(broken / "lr"), comparable(reference / "lr"), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+
+
+@pytest.mark.slow
+def test_killed_process_keeps_finished_trials_and_resume_runs_only_the_rest(smoke_config, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "stabsweep",
+        "lr",
+        str(smoke_config),
+        "--out",
+        str(tmp_path),
+        "-q",
+        "--set",
+        "train.steps=400",
+        "--set",
+        "lr_sweep.lrs=[0.003, 0.01, 0.03, 0.1, 0.3]",
+    ]
+    process = subprocess.Popen(cmd, env=env)
+    trials_csv = tmp_path / "lr" / "trials.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if trials_csv.exists() and len(trials_csv.read_text().splitlines()) >= 3:  # header + 2 trials
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = set(pd.read_csv(trials_csv)["trial_id"])
+    assert 2 <= len(finished) < 5, "the kill should land mid-sweep"
+
+    resumed = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = pd.read_csv(trials_csv)
+    steps = pd.read_csv(tmp_path / "lr" / "steps.csv")
+    assert list(trials["trial_id"]) == [0, 1, 2, 3, 4]
+    assert (steps.groupby("trial_id").size() == trials.set_index("trial_id")["steps_run"]).all()
+    assert not steps.duplicated(["trial_id", "step"]).any()
+    assert math.isfinite(json.loads(resumed.stdout)["best_lr"])
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, write_config):
+    factory = tmp_path / "flaky.py"
+    factory.write_text(
+        "import torch, stabsweep\n"
+        "from stabsweep.workloads.mlp import build as mlp\n"
+        "def build(seed, batch_size=32):\n"
+        "    w = mlp(seed, batch_size=batch_size, hidden=16, depth=1)\n"
+        "    def loss(model, batch):\n"
+        "        if model[0].weight.abs().max() > 3: raise RuntimeError('weights too large for my kernel')\n"
+        "        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])\n"
+        "    return stabsweep.Workload(model=w.model, train_data=w.train_data, eval_data=w.eval_data, loss=loss)\n"
+    )
+    config = write_config(
+        "# stabsweep lr config.yaml\nname: flaky\nworkload: {factory: 'flaky.py:build'}\n"
+        "train: {steps: 40, eval_every: 20, optimizer: {name: sgd}}\nlr_sweep: {lrs: [0.01, 0.1, 100.0]}\n"
+    )
+    result = invoke("lr", config, "--out", tmp_path / "out", "--json")
+    assert result.exit_code == 0
+    trials = pd.read_csv(tmp_path / "out" / "lr" / "trials.csv").set_index("lr")
+    assert trials.loc[100.0, "status"] == "failed"
+    assert "weights too large" in trials.loc[100.0, "error"]
+    assert trials.loc[0.1, "status"] == "ok"
+    assert any("failed" in w for w in json.loads(result.stdout)["warnings"])

@@ -1,0 +1,112 @@
+"""The detection rules on synthetic loss curves (DESIGN §5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stabsweep.analysis.rules import divergence_step, judge
+from stabsweep.config.schema import DetectConfig
+from stabsweep.engine.trial import TrialStatus
+
+DETECT = DetectConfig()
+STEPS = 400
+
+
+def decline(start: float = 2.3, end: float = 0.2, steps: int = STEPS, noise: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    curve = start * (end / start) ** (np.arange(steps) / (steps - 1))
+    return curve * (1 + noise * rng.standard_normal(steps))
+
+
+def test_steady_decline_is_ok():
+    verdict = judge(decline(noise=0.05), DETECT, num_classes=10)
+    assert verdict.status is TrialStatus.OK
+    assert verdict.diverged_step is None
+
+
+def test_slow_steady_decline_is_ok():
+    verdict = judge(decline(2.3, 1.9), DETECT, num_classes=10)
+    assert verdict.status is TrialStatus.OK
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_diverges_at_its_step(bad):
+    losses = decline()
+    losses[37] = bad
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.DIVERGED
+    assert verdict.diverged_step == 38
+    assert "non-finite" in verdict.reason and "step 38" in verdict.reason
+
+
+def test_loss_above_divergence_factor_diverges():
+    losses = decline()
+    losses[100] = 4.01 * losses[0]
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.DIVERGED and verdict.diverged_step == 101
+
+
+def test_divergence_factor_is_configurable():
+    losses = decline()
+    losses[100] = 3.0 * losses[0]
+    assert judge(losses, DETECT).status is not TrialStatus.DIVERGED
+    assert judge(losses, DetectConfig(divergence_factor=2.5)).status is TrialStatus.DIVERGED
+
+
+def test_divergence_step_honours_chunk_offset():
+    chunk = np.array([1.0, 1.0, math.nan])
+    assert divergence_step(chunk, initial_loss=1.0, factor=4.0, offset=64) == 67
+    assert divergence_step(np.ones(5), 1.0, 4.0) is None
+
+
+def test_flat_at_initial_loss_learned_nothing():
+    verdict = judge(np.full(STEPS, 2.3) + 0.01 * np.sin(np.arange(STEPS)), DETECT)
+    assert verdict.status is TrialStatus.LEARNED_NOTHING
+
+
+def test_stuck_at_chance_learned_nothing_even_after_a_big_drop():
+    # starts far above ln 10 (a badly scaled init), falls to the uniform guess and stays there
+    losses = np.concatenate([decline(9.0, math.log(10), 100), np.full(300, math.log(10))])
+    verdict = judge(losses, DETECT, num_classes=10)
+    assert verdict.status is TrialStatus.LEARNED_NOTHING
+    assert "chance" in verdict.reason
+    assert judge(losses, DETECT, num_classes=None).status is TrialStatus.OK
+
+
+def test_early_spike_that_recovers_is_unstable():
+    losses = decline()
+    losses[5:9] = [3.0, 5.5, 4.0, 2.5]  # > 2 × 2.3 early, < 4 × 2.3, then back on track
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.UNSTABLE
+    assert verdict.reason.startswith("early instability") and "step 7" in verdict.reason
+
+
+def test_late_blip_is_ok_but_a_late_spike_is_mid_training_instability():
+    losses = decline()
+    losses[300] = 0.7  # a noisy batch at 2.5x the current loss: the smoothed curve barely moves
+    assert judge(losses, DETECT).status is TrialStatus.OK
+    losses[300] = 5.5  # 20x the current loss: the smoothed curve gives back a quarter of the progress
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.UNSTABLE and verdict.reason.startswith("mid-training")
+
+
+def test_rise_after_steady_decline_is_unstable():
+    down = decline(2.3, 0.3, 200)
+    up = np.linspace(0.3, 1.2, 200)  # gives back (1.2 - 0.3) / (2.3 - 0.3) = 45% of the progress
+    verdict = judge(np.concatenate([down, up]), DETECT)
+    assert verdict.status is TrialStatus.UNSTABLE
+    assert verdict.reason.startswith("mid-training instability")
+
+
+def test_small_rise_below_rise_fraction_is_ok():
+    down = decline(2.3, 0.3, 200)
+    up = np.linspace(0.3, 0.6, 200)  # 15% of the progress < 25%
+    assert judge(np.concatenate([down, up]), DETECT).status is TrialStatus.OK
+    assert judge(np.concatenate([down, up]), DetectConfig(rise_fraction=0.1)).status is TrialStatus.UNSTABLE
+
+
+def test_empty_curve_is_failed():
+    assert judge(np.array([]), DETECT).status is TrialStatus.FAILED
