@@ -86,8 +86,7 @@ def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = No
 
 def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
     """Early instability: a loss well above the initial one in the first steps, then recovery."""
-    window = max(1, math.ceil(detect.early_fraction * losses.size))
-    head = losses[:window]
+    head = losses[: _early_window(losses.size, detect)]
     peak = int(np.argmax(head))
     if head[peak] > detect.early_spike_factor * initial:
         return (
@@ -98,11 +97,12 @@ def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> st
 
 
 def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
-    """Mid-training instability: the smoothed loss gives back a share of the progress made.
+    """A rise of the smoothed loss that gives back a share of the progress made.
 
     Progress at step t is (initial − best smoothed loss so far); the rule fires when the
     smoothed loss climbs ``rise_fraction`` of that progress above its best, once progress
-    itself is meaningful (``min_improvement`` of the initial loss).
+    itself is meaningful (``min_improvement`` of the initial loss). A rise inside the early
+    window is reported as early instability, later ones as mid-training instability.
     """
     best = np.minimum.accumulate(curve)
     progress = curve[0] - best
@@ -112,7 +112,12 @@ def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig) 
     if hits.size == 0:
         return None
     t = int(hits[0])
+    kind = "early" if t < _early_window(curve.size, detect) else "mid-training"
     return (
-        f"mid-training instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
+        f"{kind} instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
         f"at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress"
     )
+
+
+def _early_window(steps: int, detect: DetectConfig) -> int:
+    return max(1, math.ceil(detect.early_fraction * steps))

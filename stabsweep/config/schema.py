@@ -192,7 +192,7 @@ class DetectConfig(_Strict):
     divergence_factor: float = Field(4.0, gt=1)  # diverged: loss > this × initial loss
     smoothing: int = Field(20, ge=1)  # EMA span (steps) of the smoothed training loss
     min_improvement: float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed > (1 - this) × initial
-    chance_tolerance: float = Field(0.02, ge=0, lt=1)  # learned nothing: final smoothed ≥ (1 - this) × ln C
+    chance_tolerance: float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed ≥ (1 - this) × ln C
     early_fraction: float = Field(0.1, gt=0, le=1)  # early instability looks at this share of steps
     early_spike_factor: float = Field(2.0, gt=1)  # early instability: a loss above this × initial
     rise_fraction: float = Field(0.25, gt=0, le=1)  # mid-training: a rise giving back this share of progress
