@@ -2,7 +2,80 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def warmup() -> None:
-    """Warmup sweep at 10× the unstable rate (not built yet)."""
-    raise SystemExit("stabsweep warmup is not built yet")
+import typer
+
+from stabsweep.cli._common import Device, Force, Json, Out, Quiet, Resume, Set, context, execute, load
+
+
+def warmup(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Sweep definition (YAML). Default with --from: the config saved in RUN/lr/.", show_default=False
+        ),
+    ] = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option("--from", help="An lr run folder: its unstable_base_lr (RUN/lr/summary.json) and its config."),
+    ] = None,
+    unstable_lr: Annotated[
+        float | None, typer.Option("--unstable-lr", help="Give the unstable base rate directly (needs CONFIG).")
+    ] = None,
+    multiplier: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--multiplier", help="base_lr = multiplier × unstable rate; repeatable (default: the config's, 10)."
+        ),
+    ] = None,
+    out: Out = None,
+    set_: Set = None,
+    device: Device = None,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
+) -> None:
+    """Warmup sweep: the shortest linear warmup that lets 10× the unstable rate train stably."""
+    ctx = None
+
+    def body() -> dict:
+        nonlocal ctx
+        from stabsweep.errors import UserError
+        from stabsweep.procedures import warmup as procedure
+        from stabsweep.procedures.runs import read_lr_run
+
+        if (from_run is None) == (unstable_lr is None):
+            raise UserError("give exactly one of --from RUN (an lr run) or --unstable-lr X")
+        lr_run = read_lr_run(from_run) if from_run is not None else None
+        if lr_run is not None:
+            rate = lr_run.summary.get("unstable_base_lr")
+            if rate is None:
+                raise UserError(
+                    f"{lr_run.folder / 'summary.json'}: the lr sweep found no unstable rate, so there "
+                    f"is nothing to warm up past; extend the lr grid upwards: {lr_run.summary.get('next_command')}"
+                )
+        else:
+            if config is None:
+                raise UserError("--unstable-lr needs a CONFIG to know what to train")
+            if unstable_lr <= 0:
+                raise UserError(f"--unstable-lr {unstable_lr:g}: expected a positive learning rate")
+            rate = unstable_lr
+        overrides = list(set_ or [])
+        if multiplier:
+            overrides.append(f"warmup_sweep.multipliers=[{', '.join(map(str, multiplier))}]")
+        source = config or lr_run.config_path
+        ctx = context(
+            load(source, overrides),
+            out=out or (lr_run.root if lr_run else None),
+            device=device,
+            resume=resume,
+            force=force,
+            quiet=quiet,
+            json_output=json_output,
+        )
+        return procedure.run(ctx, float(rate), lr_run)
+
+    execute(body, json_output=json_output, quiet=quiet, run_folder=lambda: ctx.run_root / "warmup" if ctx else None)

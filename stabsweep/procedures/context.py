@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stabsweep.engine.executors import LocalExecutor, TrialJob
+from stabsweep.errors import UserError
 from stabsweep.results.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -52,6 +54,13 @@ class Context:
         """Run the specs that ``store`` has no result for, writing each as it finishes."""
         from stabsweep.report.console import SweepProgress
 
+        for spec in specs:  # a resumed plan must be the plan that was interrupted
+            saved = store.completed_lrs.get(spec.trial_id)
+            if saved is not None and not math.isclose(saved, spec.lr, rel_tol=1e-6):
+                raise UserError(
+                    f"--resume: trial {spec.trial_id} ran at lr={saved:g} but is now planned at "
+                    f"lr={spec.lr:g}; use --force to start over"
+                )
         todo = [s for s in specs if s.trial_id not in store.completed]
         results = []
         with SweepProgress(self.console, label, total=len(specs), done=len(specs) - len(todo)) as progress:

@@ -39,6 +39,15 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _log_x(ax: Axes, values: pd.Series | np.ndarray) -> None:
+    """Log x axis spanning the swept values, even when every point is drawn in axes coordinates."""
+    positive = np.asarray(values, dtype=float)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    ax.set_xscale("log")
+    if positive.size:
+        ax.set_xlim(positive.min() / 1.5, positive.max() * 1.5)
+
+
 def hyperparameter_axis(
     trials: pd.DataFrame,
     x: str,
@@ -73,7 +82,7 @@ def hyperparameter_axis(
         ax.axvline(best, color=BEST, ls="--", label=f"lr* = {best:.3g}")
     if unstable is not None:
         ax.axvline(unstable, color="tab:red", ls=":", label=f"unstable base lr = {unstable:.3g}")
-    ax.set_xscale("log")
+    _log_x(ax, trials[x])
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(objective.replace("_", " "))
     ax.set_title(title)
@@ -151,4 +160,86 @@ def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path)
     ax.set_ylabel("loss")
     ax.set_title(f"early check at lr = {lr:g}: loss at every step")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def warmup_axis(probes: pd.DataFrame, path: Path, picks: dict[float, int | None]) -> Path:
+    """Best eval loss vs warmup steps, one line per base rate; the no-warmup baseline dashed."""
+    fig, ax = _figure()
+    objective = "best_eval_loss" if probes["best_eval_loss"].notna().any() else "final_train_loss"
+    for (base_lr, part), color in zip(probes.groupby("base_lr"), ("tab:blue", "tab:green", "tab:purple"), strict=False):
+        ramps = part[part["warmup_steps"] > 0].sort_values("warmup_steps")
+        good = ramps[~ramps["status"].isin((*INFEASIBLE, "failed"))]
+        ax.plot(good["warmup_steps"], good[objective], "o-", color=color, label=f"base lr {base_lr:.3g}")
+        bad = ramps[ramps["status"].isin(INFEASIBLE)]
+        ax.scatter(
+            bad["warmup_steps"],
+            np.full(len(bad), 0.97),
+            marker="x",
+            color="red",
+            s=60,
+            transform=ax.get_xaxis_transform(),
+        )
+        baseline = part[part["warmup_steps"] == 0]
+        if len(baseline):
+            row = baseline.iloc[0]
+            if row["status"] in INFEASIBLE:
+                ax.plot([], [], "x", color="red", label=f"no warmup at {base_lr:.3g}: {row['status']}")
+            else:
+                ax.axhline(row[objective], color=color, ls="--", lw=1, label=f"no warmup at {base_lr:.3g}")
+        if picks.get(float(base_lr)):
+            ax.axvline(picks[float(base_lr)], color=color, ls=":", lw=1)
+    _log_x(ax, probes.loc[probes["warmup_steps"] > 0, "warmup_steps"])
+    ax.set_xlabel("warmup steps (probe: ramp, then 2 × warmup at base lr)")
+    ax.set_ylabel(objective.replace("_", " "))
+    ax.set_title("warmup sweep (red crosses: infeasible; dotted: the pick)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path) -> Path:
+    """Eval loss vs base learning rate, without warmup (the lr sweep, baselines) and with it."""
+    fig, ax = _figure()
+    objective = "best_eval_loss"
+    if lr_trials is not None:
+        sweep = lr_trials[lr_trials.get("phase", "sweep") == "sweep"].sort_values("lr")
+        ok = sweep[~sweep["status"].isin((*INFEASIBLE, "failed"))]
+        ax.plot(ok["lr"], ok[objective], "o-", color="0.5", label="lr sweep, no warmup")
+        bad = sweep[sweep["status"].isin(INFEASIBLE)]
+        ax.scatter(
+            bad["lr"],
+            np.full(len(bad), 0.97),
+            marker="x",
+            color="red",
+            s=60,
+            transform=ax.get_xaxis_transform(),
+            label="infeasible",
+        )
+    baselines = trials[(trials["phase"] == "probe") & (trials["warmup_steps"] == 0)]
+    bad = baselines[baselines["status"].isin(INFEASIBLE)]
+    ax.scatter(
+        bad["base_lr"], np.full(len(bad), 0.97), marker="x", color="red", s=60, transform=ax.get_xaxis_transform()
+    )
+    with_warmup = trials[(trials["warmup_steps"] > 0) & ~trials["status"].isin((*INFEASIBLE, "failed"))]
+    probes = with_warmup[with_warmup["phase"] == "probe"]
+    if len(probes):
+        best = probes.loc[probes.groupby("base_lr")[objective].idxmin()]
+        ax.scatter(best["base_lr"], best[objective], color="tab:blue", marker="s", label="best probe with warmup")
+    confirm = with_warmup[with_warmup["phase"] == "confirm"]
+    if len(confirm):
+        ax.scatter(
+            confirm["base_lr"],
+            confirm[objective],
+            color="tab:green",
+            marker="*",
+            s=160,
+            label="full run with warmup",
+            zorder=3,
+        )
+    _log_x(ax, np.concatenate([trials["base_lr"], [] if lr_trials is None else lr_trials["lr"]]))
+    ax.set_xlabel("base learning rate")
+    ax.set_ylabel("best eval loss")
+    ax.set_title("with and without warmup")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)

@@ -34,6 +34,7 @@ class ResultsStore:
     def __init__(self, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> None:
         self.folder = folder
         self._completed: set[int] = set()
+        self.completed_lrs: dict[int, float] = {}
         if resume and force:
             raise UserError("--resume and --force contradict each other: give one")
         has_results = (folder / TRIALS).exists()
@@ -144,6 +145,7 @@ class ResultsStore:
             trials = trials[trials["status"].notna() & trials["trial_id"].notna()]
             trials.to_csv(self.folder / TRIALS, index=False)
         done = set(trials["trial_id"].astype(int)) if "status" in trials else set()
+        self.completed_lrs = dict(zip(trials["trial_id"].astype(int), trials["lr"], strict=True)) if done else {}
         for name in (STEPS, EVALS):
             frame = self.read(name)
             if len(frame):

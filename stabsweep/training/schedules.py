@@ -175,26 +175,33 @@ def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
         raise ValueError(f"schedule '{name}' rejected these arguments: {exc}") from None
 
 
-def lr_table(name: str, kwargs: dict[str, Any], base_lr: float, steps: int, warmup_steps: int = 0) -> np.ndarray:
+def lr_table(name: str, kwargs: dict[str, Any], base_lr: float, steps: int, prepend_warmup: int = 0) -> np.ndarray:
     """The learning rate of every step, from the torch scheduler stepped ``steps`` times.
 
-    ``warmup_steps > 0`` prepends a linear warmup to the schedule (DESIGN §5): the table then
-    has ``warmup_steps + steps`` entries and the named schedule starts after the ramp.
+    ``prepend_warmup > 0`` puts a linear warmup in front of the schedule (DESIGN §5): the
+    table then has ``prepend_warmup + steps`` entries, a ``LinearLR`` ramp from 0 up to the
+    schedule's first rate (``base_lr`` for all but one_cycle and cyclic), then the schedule
+    unchanged. Joining the two tables rather than nesting schedulers works for every
+    schedule, including one that is itself a ``SequentialLR``.
     """
+    table = _step_through(lambda opt: SCHEDULES[name](opt, steps, base_lr, **kwargs), base_lr, steps)
+    if prepend_warmup > 0:
+        ramp = _step_through(lambda opt: _ramp(opt, prepend_warmup), float(table[0]), prepend_warmup)
+        table = np.concatenate([ramp, table])
+    return table
+
+
+def _step_through(make: Callable[[Any], Any], lr: float, steps: int) -> np.ndarray:
     import warnings
 
     import torch
-    from torch.optim.lr_scheduler import SequentialLR
 
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
-    scheduler = SCHEDULES[name](optimizer, steps, base_lr, **kwargs)
-    if warmup_steps > 0:
-        scheduler = SequentialLR(optimizer, [_ramp(optimizer, warmup_steps), scheduler], milestones=[warmup_steps])
-    total = steps + warmup_steps
-    table = np.empty(total, dtype=np.float64)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = make(optimizer)
+    table = np.empty(steps, dtype=np.float64)
     with warnings.catch_warnings():  # the throw-away optimizer never steps; torch would warn
         warnings.simplefilter("ignore", UserWarning)
-        for t in range(total):
+        for t in range(steps):
             table[t] = optimizer.param_groups[0]["lr"]
             scheduler.step()
     return table

@@ -98,7 +98,11 @@ class _Trial:
         self.model = workload.model.to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.lrs = lr_table(
-            spec.schedule.name, spec.schedule.kwargs, spec.lr, spec.steps - spec.warmup_steps, spec.warmup_steps
+            spec.schedule.name,
+            spec.schedule.kwargs,
+            spec.lr,
+            spec.steps - spec.warmup_steps,
+            prepend_warmup=spec.warmup_steps,
         )
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, self.params, float(self.lrs[0]))
         self.clipper = build_clipper(spec.clip, device)
