@@ -2,7 +2,81 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def clip_report() -> None:
-    """Gradient-norm report (not built yet)."""
-    raise SystemExit("stabsweep clip-report is not built yet")
+import typer
+
+from stabsweep.cli._common import Device, Force, Json, Out, Quiet, Resume, Set, context, execute, load
+
+
+def clip_report(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An lr run folder (reads its logged norms) or a CONFIG (trains one unclipped trial at --lr).",
+            show_default=False,
+        ),
+    ],
+    trial: Annotated[
+        int | None,
+        typer.Option(
+            "--trial", help="Trial id of the run to read (default: the unstable base rate's trial, else the best)."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", help="Learning rate to train at (CONFIG), or of --sweep (default: the run's unstable base rate)."
+        ),
+    ] = None,
+    percentile: Annotated[
+        float | None,
+        typer.Option("--percentile", min=0, max=100, help="Threshold percentile (default: clip_sweep.percentile, 90)."),
+    ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Train with each clip_sweep.percentiles threshold "
+            "and without clipping, at the unstable rate (or --lr).",
+        ),
+    ] = False,
+    out: Out = None,
+    set_: Set = None,
+    device: Device = None,
+    resume: Resume = False,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_output: Json = False,
+) -> None:
+    """Gradient-norm report: percentiles, a clipping threshold (p90) and the share of steps it clips."""
+    ctx = None
+
+    def body() -> dict:
+        nonlocal ctx
+        from stabsweep.errors import UserError
+        from stabsweep.procedures import clip as procedure
+        from stabsweep.procedures.runs import read_lr_run
+
+        if lr is not None and lr <= 0:
+            raise UserError(f"--lr {lr:g}: expected a positive learning rate")
+        if source.is_dir():
+            lr_run = read_lr_run(source)
+            config_path, default_out = lr_run.config_path, lr_run.root
+        elif source.is_file():
+            lr_run, config_path, default_out = None, source, None
+        else:
+            raise UserError(f"{source}: neither a run folder nor a config file")
+        ctx = context(
+            load(config_path, set_),
+            out=out or default_out,
+            device=device,
+            resume=resume,
+            force=force,
+            quiet=quiet,
+            json_output=json_output,
+        )
+        return procedure.run(ctx, lr_run, trial_id=trial, lr=lr, percentile=percentile, sweep=sweep)
+
+    execute(body, json_output=json_output, quiet=quiet, run_folder=lambda: ctx.run_root / "clip" if ctx else None)

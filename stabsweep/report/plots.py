@@ -243,3 +243,37 @@ def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path) 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def grad_norm_report(
+    steps: np.ndarray, norms: np.ndarray, threshold: float, path: Path, *, log: bool, title: str
+) -> Path:
+    """Unclipped gradient norm vs step, with the threshold drawn; clipped steps in red."""
+    fig, ax = _figure()
+    ax.plot(steps, norms, color="tab:blue", lw=0.8, label="grad norm (before clipping)")
+    over = norms > threshold
+    ax.scatter(steps[over], norms[over], color="tab:red", s=6, label=f"would be clipped ({over.mean():.0%})")
+    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("global gradient norm")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def grad_norm_histogram(norms: np.ndarray, threshold: float, path: Path, *, title: str) -> Path:
+    """Histogram of the norms on log-spaced bins, with the threshold drawn."""
+    fig, ax = _figure()
+    finite = norms[np.isfinite(norms) & (norms > 0)]
+    low, high = finite.min(), finite.max()
+    bins = np.geomspace(low, high if high > low else low * 1.01, 40)
+    ax.hist(finite, bins=bins, color="tab:blue", alpha=0.8)
+    ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("global gradient norm (log bins)")
+    ax.set_ylabel("steps")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,102 @@
+"""Clipping: the threshold report, the scaling on known vectors, the adaptive rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+from stabsweep.analysis.clip_report import norm_report
+from stabsweep.config.schema import ClipConfig
+from stabsweep.training.clipping import FixedClip, PercentileClip, ZScoreClip, build_clipper
+
+CPU = torch.device("cpu")
+
+
+def test_threshold_is_numpys_percentile_of_exactly_the_norms_read():
+    norms = np.random.default_rng(0).lognormal(size=997)
+    report = norm_report(norms, percentile=90)
+    assert report.threshold == np.percentile(norms, 90)
+    assert report.percentiles["p50"] == np.percentile(norms, 50) and report.percentiles["max"] == norms.max()
+    assert report.clipped_fraction == pytest.approx(np.mean(norms > np.percentile(norms, 90)), abs=1e-6)
+    assert report.steps_read == 997 and not report.aggressive
+
+
+def test_non_finite_norms_are_left_out_and_counted():
+    report = norm_report(np.array([1.0, 2.0, 3.0, math.nan, math.inf]), percentile=50)
+    assert report.threshold == 2.0 and report.steps_read == 3 and report.non_finite_dropped == 2
+
+
+def test_aggressive_when_more_than_half_is_clipped():
+    norms = np.arange(1, 101, dtype=float)
+    assert norm_report(norms, percentile=40).aggressive  # 60% above p40
+    assert not norm_report(norms, percentile=60).aggressive
+    assert norm_report(norms, percentile=60, aggressive_fraction=0.3).aggressive
+
+
+def test_clip_scales_to_threshold_only_when_above():
+    # g = (3, 4): norm 5. Clipping at 2.5 halves it; at 10 leaves it alone.
+    for threshold, expected in ((2.5, [1.5, 2.0]), (10.0, [3.0, 4.0])):
+        p = torch.nn.Parameter(torch.zeros(2))
+        p.grad = torch.tensor([3.0, 4.0])
+        norm = get_total_norm([p.grad])
+        assert norm.item() == pytest.approx(5.0)
+        clip_grads_with_norm_([p], FixedClip(threshold).threshold(norm, 0), norm)
+        torch.testing.assert_close(p.grad, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_global_norm_spans_all_parameters():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
+    norm = get_total_norm([a.grad, b.grad])
+    clip_grads_with_norm_([a, b], 1.0, norm)
+    assert math.hypot(a.grad.item(), b.grad.item()) == pytest.approx(1.0, rel=1e-5)
+
+
+def thresholds(clipper, norms):
+    return [float(clipper.threshold(torch.tensor(n), step)) for step, n in enumerate(norms)]
+
+
+def test_percentile_rule_on_steady_and_spiky_norms():
+    clipper = PercentileClip(percentile=50, window=4, device=CPU)
+    got = thresholds(clipper, [1.0, 3.0, 2.0, 100.0, 4.0, 5.0])
+    # the current norm joins the window before the percentile is taken; the window keeps the last 4
+    assert got == pytest.approx([1.0, 2.0, 2.0, 2.5, 3.5, 4.5])
+
+
+def test_percentile_rule_follows_drift():
+    clipper = PercentileClip(percentile=90, window=50, device=CPU)
+    got = thresholds(clipper, np.linspace(1, 10, 200))
+    assert got[-1] == pytest.approx(np.percentile(np.linspace(1, 10, 200)[-50:], 90), rel=1e-5)
+
+
+def test_zscore_rule_steady_spike_and_drift():
+    rng = np.random.default_rng(0)
+    steady = 1.0 + 0.05 * rng.standard_normal(200)
+    clipper = ZScoreClip(zscore=3.0, ema_decay=0.9, warmup=20, device=CPU)
+    got = thresholds(clipper, [*steady, 50.0, *steady[:20]])
+    assert all(math.isinf(t) for t in got[:20])  # warm-up: observe only
+    assert 1.05 < got[200] < 1.5  # the bar before the spike: mean + 3 std of a steady norm
+    assert got[200] < 50.0  # the spike would be clipped
+    assert got[201] < 2.0  # the clipped spike barely moves the statistics
+    drifting = ZScoreClip(zscore=3.0, ema_decay=0.9, warmup=5, device=CPU)
+    bars = thresholds(drifting, np.linspace(1, 5, 300))
+    assert bars[-1] > 4.5  # the bar follows a slow drift instead of clipping everything
+
+
+def test_zscore_ignores_non_finite_norms():
+    clipper = ZScoreClip(zscore=2.0, ema_decay=0.9, warmup=0, device=CPU)
+    thresholds(clipper, [1.0, 1.1, 0.9])
+    before = clipper.mean.item()
+    clipper.threshold(torch.tensor(math.nan), 3)
+    assert clipper.mean.item() == before
+
+
+def test_build_clipper():
+    assert build_clipper(None, CPU) is None
+    assert isinstance(build_clipper(ClipConfig(threshold=1.0), CPU), FixedClip)
+    assert isinstance(build_clipper(ClipConfig(percentile=90), CPU), PercentileClip)
+    assert isinstance(build_clipper(ClipConfig(zscore=2.5), CPU), ZScoreClip)
