@@ -143,7 +143,7 @@ def step_curves(
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(column.replace("_", " ") + (f" (EMA span {smooth})" if smooth > 1 else ""))
-    ax.set_title(title + ("  (grey: other rates)" if len(styles) > len(above_ids) + 1 else ""))
+    ax.set_title(title + ("  (grey: the others)" if len(styles) > len(above_ids) + 1 else ""))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _save(fig, path)
