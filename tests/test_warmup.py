@@ -136,3 +136,27 @@ def test_run_without_unstable_rate_says_extend_the_grid(tmp_path):
     )
     result = runner.invoke(app, ["warmup", "--from", str(tmp_path)])
     assert result.exit_code == 2 and "found no unstable rate" in result.output and "extend the lr grid" in result.output
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("ok", "trained better than"),
+        ("unstable", "confirm run was unstable later on"),
+        ("diverged", "But the full-length confirm run was diverged"),
+    ],
+)
+def test_verdict_names_the_confirm_outcome(status, expected):
+    from stabsweep.procedures.warmup import verdict
+
+    confirm = {
+        "status": status,
+        "reason": "r",
+        "best_eval_loss": 1.0,
+        "comparison": "better than",
+        "lr_star_best_eval_loss": 1.2,
+        "lr_star": 0.01,
+    }
+    text = verdict(0.1, 0.01, 10, confirm)
+    assert text.startswith("A warmup of 10 steps makes lr=0.1") and expected in text
+    assert verdict(0.1, 0.01, None, None).startswith("No warmup in the grid")

@@ -182,6 +182,8 @@ def verdict(base_lr: float, unstable: float, recommended: int | None, confirm: d
         return text
     if confirm["status"] not in ("ok", "unstable"):
         return text + f" But the full-length confirm run was {confirm['status']}: {confirm['reason']}."
+    if confirm["status"] == "unstable":
+        text += f" The full-length confirm run was unstable later on ({confirm['reason']})."
     comparison = confirm.get("comparison")
     if comparison:
         text += (
