@@ -10,6 +10,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,13 +34,37 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but er
 Json = Annotated[bool, typer.Option("--json", help="Print summary.json on stdout (for CI smoke runs).")]
 
 
-def execute(
-    body: Callable[[], dict[str, Any]],
-    *,
-    json_output: bool,
-    quiet: bool,
-    run_folder: Callable[[], Path | None] = lambda: None,
-) -> None:
+@dataclass
+class Common:
+    """The options every command takes, and the context they make for a procedure."""
+
+    out: Path | None
+    set_: list[str] | None
+    device: str | None
+    resume: bool
+    force: bool
+    quiet: bool
+    json_output: bool
+    ctx: Any = None  # set by context(); names the run folder when a sweep is interrupted
+
+    def context(self, config_path: Path, default_out: Path | None = None, extra_overrides: list[str] = ()) -> Any:
+        from stabsweep.config.loader import load_config, parse_overrides
+        from stabsweep.procedures.context import Context, RunOptions
+        from stabsweep.report.console import make_console
+
+        config = load_config(config_path, parse_overrides([*(self.set_ or []), *extra_overrides]))
+        options = RunOptions(
+            out=self.out or default_out,
+            device=self.device,
+            resume=self.resume,
+            force=self.force,
+            quiet=self.quiet or self.json_output,
+        )
+        self.ctx = Context(config, options, make_console(quiet=options.quiet))
+        return self.ctx
+
+
+def execute(command: str, common: Common, body: Callable[[], dict[str, Any]]) -> None:
     """Run a command body and turn its outcome into output and an exit code."""
     from stabsweep.report.console import make_console
 
@@ -50,29 +75,12 @@ def execute(
         console.print(f"error: {exc.message}", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        folder = run_folder()
-        where = f" in {folder}" if folder else ""
+        where = f" in {common.ctx.run_root / command}" if common.ctx else ""
         console.print(f"interrupted: finished trials are saved{where}; rerun with --resume to finish", markup=False)
         raise typer.Exit(130) from None
     except Exception:  # noqa: BLE001 - a bug of ours: say so, with the traceback for a report
         console.print("internal error (a bug in stabsweep, please report it):", markup=False)
         console.print(traceback.format_exc(), markup=False)
         raise typer.Exit(1) from None
-    if json_output:
+    if common.json_output:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
-
-
-def load(config: Path, overrides: list[str] | None) -> Any:
-    from stabsweep.config.loader import load_config, parse_overrides
-
-    return load_config(config, parse_overrides(overrides))
-
-
-def context(
-    config: Any, *, out: Path | None, device: str | None, resume: bool, force: bool, quiet: bool, json_output: bool
-) -> Any:
-    from stabsweep.procedures.context import Context, RunOptions
-    from stabsweep.report.console import make_console
-
-    options = RunOptions(out=out, device=device, resume=resume, force=force, quiet=quiet or json_output)
-    return Context(config, options, make_console(quiet=options.quiet))

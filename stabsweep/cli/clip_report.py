@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import Device, Force, Json, Out, Quiet, Resume, Set, context, execute, load
+from stabsweep.cli._common import Common, Device, Force, Json, Out, Quiet, Resume, Set, execute
 
 
 def clip_report(
@@ -51,10 +51,9 @@ def clip_report(
     json_output: Json = False,
 ) -> None:
     """Gradient-norm report: percentiles, a clipping threshold (p90) and the share of steps it clips."""
-    ctx = None
+    common = Common(out, set_, device, resume, force, quiet, json_output)
 
     def body() -> dict:
-        nonlocal ctx
         from stabsweep.errors import UserError
         from stabsweep.procedures import clip as procedure
         from stabsweep.procedures.runs import read_lr_run
@@ -63,20 +62,11 @@ def clip_report(
             raise UserError(f"--lr {lr:g}: expected a positive learning rate")
         if source.is_dir():
             lr_run = read_lr_run(source)
-            config_path, default_out = lr_run.config_path, lr_run.root
+            ctx = common.context(lr_run.config_path, lr_run.root)
         elif source.is_file():
-            lr_run, config_path, default_out = None, source, None
+            lr_run, ctx = None, common.context(source)
         else:
             raise UserError(f"{source}: neither a run folder nor a config file")
-        ctx = context(
-            load(config_path, set_),
-            out=out or default_out,
-            device=device,
-            resume=resume,
-            force=force,
-            quiet=quiet,
-            json_output=json_output,
-        )
         return procedure.run(ctx, lr_run, trial_id=trial, lr=lr, percentile=percentile, sweep=sweep)
 
-    execute(body, json_output=json_output, quiet=quiet, run_folder=lambda: ctx.run_root / "clip" if ctx else None)
+    execute("clip", common, body)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import Device, Force, Json, Out, Quiet, Resume, Set, context, execute, load
+from stabsweep.cli._common import Common, Device, Force, Json, Out, Quiet, Resume, Set, execute
 
 
 def lr(
@@ -27,15 +27,11 @@ def lr(
     json_output: Json = False,
 ) -> None:
     """Learning-rate sweep: find the best rate (lr*) and the rate where training becomes unstable."""
-    ctx = None
+    common = Common(out, set_, device, resume, force, quiet, json_output)
 
     def body() -> dict:
-        nonlocal ctx
         from stabsweep.procedures import lr as procedure
 
-        ctx = context(
-            load(config, set_), out=out, device=device, resume=resume, force=force, quiet=quiet, json_output=json_output
-        )
-        return procedure.run(ctx, early_check=early_check)
+        return procedure.run(common.context(config), early_check=early_check)
 
-    execute(body, json_output=json_output, quiet=quiet, run_folder=lambda: ctx.run_root / "lr" if ctx else None)
+    execute("lr", common, body)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import Device, Force, Json, Out, Quiet, Resume, Set, context, execute, load
+from stabsweep.cli._common import Common, Device, Force, Json, Out, Quiet, Resume, Set, execute
 
 
 def warmup(
@@ -39,10 +39,9 @@ def warmup(
     json_output: Json = False,
 ) -> None:
     """Warmup sweep: the shortest linear warmup that lets 10× the unstable rate train stably."""
-    ctx = None
+    common = Common(out, set_, device, resume, force, quiet, json_output)
 
     def body() -> dict:
-        nonlocal ctx
         from stabsweep.errors import UserError
         from stabsweep.procedures import warmup as procedure
         from stabsweep.procedures.runs import read_lr_run
@@ -54,8 +53,8 @@ def warmup(
             rate = lr_run.summary.get("unstable_base_lr")
             if rate is None:
                 raise UserError(
-                    f"{lr_run.folder / 'summary.json'}: the lr sweep found no unstable rate, so there "
-                    f"is nothing to warm up past; extend the lr grid upwards: {lr_run.summary.get('next_command')}"
+                    f"{lr_run.folder / 'summary.json'}: the lr sweep found no unstable rate, so there is nothing "
+                    f"to warm up past; extend the lr grid upwards: {lr_run.summary.get('next_command')}"
                 )
         else:
             if config is None:
@@ -63,19 +62,8 @@ def warmup(
             if unstable_lr <= 0:
                 raise UserError(f"--unstable-lr {unstable_lr:g}: expected a positive learning rate")
             rate = unstable_lr
-        overrides = list(set_ or [])
-        if multiplier:
-            overrides.append(f"warmup_sweep.multipliers=[{', '.join(map(str, multiplier))}]")
-        source = config or lr_run.config_path
-        ctx = context(
-            load(source, overrides),
-            out=out or (lr_run.root if lr_run else None),
-            device=device,
-            resume=resume,
-            force=force,
-            quiet=quiet,
-            json_output=json_output,
-        )
+        extra = [f"warmup_sweep.multipliers=[{', '.join(map(str, multiplier))}]"] if multiplier else []
+        ctx = common.context(config or lr_run.config_path, lr_run.root if lr_run else None, extra)
         return procedure.run(ctx, float(rate), lr_run)
 
-    execute(body, json_output=json_output, quiet=quiet, run_folder=lambda: ctx.run_root / "warmup" if ctx else None)
+    execute("warmup", common, body)

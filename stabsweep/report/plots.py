@@ -48,6 +48,21 @@ def _log_x(ax: Axes, values: pd.Series | np.ndarray) -> None:
         ax.set_xlim(positive.min() / 1.5, positive.max() * 1.5)
 
 
+def _infeasible(ax: Axes, xs: pd.Series, label: str | None = None) -> None:
+    """Infeasible trials as red crosses along the top edge: their loss is meaningless, their x is not."""
+    if len(xs):
+        ax.scatter(
+            xs,
+            np.full(len(xs), 0.97),
+            marker="x",
+            color="red",
+            s=60,
+            transform=ax.get_xaxis_transform(),
+            label=label,
+            zorder=3,
+        )
+
+
 def hyperparameter_axis(
     trials: pd.DataFrame,
     x: str,
@@ -67,17 +82,7 @@ def hyperparameter_axis(
     for status, color in (("ok", "tab:blue"), ("unstable", "tab:orange")):
         part = feasible[feasible["status"] == status]
         ax.scatter(part[x], part[objective], color=color, label=status, zorder=2)
-    if len(bad):
-        ax.scatter(
-            bad[x],
-            np.full(len(bad), 0.97),
-            marker="x",
-            color="red",
-            s=60,
-            transform=ax.get_xaxis_transform(),
-            label="infeasible (diverged / learned nothing)",
-            zorder=3,
-        )
+    _infeasible(ax, bad[x], "infeasible (diverged / learned nothing)")
     if best is not None:
         ax.axvline(best, color=BEST, ls="--", label=f"lr* = {best:.3g}")
     if unstable is not None:
@@ -172,14 +177,7 @@ def warmup_axis(probes: pd.DataFrame, path: Path, picks: dict[float, int | None]
         good = ramps[~ramps["status"].isin((*INFEASIBLE, "failed"))]
         ax.plot(good["warmup_steps"], good[objective], "o-", color=color, label=f"base lr {base_lr:.3g}")
         bad = ramps[ramps["status"].isin(INFEASIBLE)]
-        ax.scatter(
-            bad["warmup_steps"],
-            np.full(len(bad), 0.97),
-            marker="x",
-            color="red",
-            s=60,
-            transform=ax.get_xaxis_transform(),
-        )
+        _infeasible(ax, bad["warmup_steps"])
         baseline = part[part["warmup_steps"] == 0]
         if len(baseline):
             row = baseline.iloc[0]
@@ -206,20 +204,10 @@ def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path) 
         ok = sweep[~sweep["status"].isin((*INFEASIBLE, "failed"))]
         ax.plot(ok["lr"], ok[objective], "o-", color="0.5", label="lr sweep, no warmup")
         bad = sweep[sweep["status"].isin(INFEASIBLE)]
-        ax.scatter(
-            bad["lr"],
-            np.full(len(bad), 0.97),
-            marker="x",
-            color="red",
-            s=60,
-            transform=ax.get_xaxis_transform(),
-            label="infeasible",
-        )
+        _infeasible(ax, bad["lr"], "infeasible")
     baselines = trials[(trials["phase"] == "probe") & (trials["warmup_steps"] == 0)]
     bad = baselines[baselines["status"].isin(INFEASIBLE)]
-    ax.scatter(
-        bad["base_lr"], np.full(len(bad), 0.97), marker="x", color="red", s=60, transform=ax.get_xaxis_transform()
-    )
+    _infeasible(ax, bad["base_lr"])
     with_warmup = trials[(trials["warmup_steps"] > 0) & ~trials["status"].isin((*INFEASIBLE, "failed"))]
     probes = with_warmup[with_warmup["phase"] == "probe"]
     if len(probes):
