@@ -88,7 +88,10 @@ def test_human_output_has_table_verdict_and_next_command(smoke_config, tmp_path)
     ("args", "expected"),
     [
         (["--set", "train.stepz=3"], "--set train.stepz: unknown key (did you mean 'steps'?)"),
-        (["--set", "workload.factory=nowhere.py:build", "--set", "workload.name=null"], "file not found"),
+        (
+            ["--set", "workload.factory=nowhere.py:build", "--set", "workload.name=null"],
+            "smoke.yaml: workload.factory: file not found",
+        ),
         (["--device", "cuda:7"], "device"),
     ],
 )

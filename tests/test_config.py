@@ -102,3 +102,16 @@ def test_dump_round_trips(write_config, tmp_path):
     again = load_config(dumped)
     assert again.model_dump() == config.model_dump()
     assert yaml.safe_load(dumped.read_text())["train"]["optimizer"]["momentum"] == 0.9
+
+
+def test_optimizer_and_schedule_by_name_alone(write_config):
+    config = load_config(
+        write_config(MINIMAL.replace("optimizer: {name: momentum}", "optimizer: adam, schedule: cosine"))
+    )
+    assert config.train.optimizer.name == "adam" and config.train.schedule.name == "cosine"
+
+
+def test_messages_name_no_internal_classes(write_config):
+    path = write_config(MINIMAL)
+    assert "mapping of keys" in error_of(path, {"workload": 5})
+    assert "list of learning rates" in error_of(path, {"lr_sweep.lrs": "abc"})

@@ -6,6 +6,7 @@ names the file (or the ``--set`` option), the key path and what was expected.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def _explain(exc: ValidationError, source: str, overrides: dict[str, Any]) -> st
     elif first["type"] == "missing":
         message = "required key is missing"
     else:
-        message = first["msg"].removeprefix("Value error, ")
+        message = re.sub(r"a valid dictionary or instance of \w+", "a mapping of keys", first["msg"])
+        message = message.removeprefix("Value error, ")
         if "input" in first and first["type"] not in ("value_error", "assertion_error"):
             message += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""

@@ -114,6 +114,11 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig | None = None  # null | number | {percentile: 90, window: 1000} | {zscore: 2.5}
 
+    @field_validator("optimizer", "schedule", mode="before")
+    @classmethod
+    def _name_is_enough(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value  # `optimizer: adam` means {name: adam}
+
     @field_validator("clip", mode="before")
     @classmethod
     def _number_is_threshold(cls, value: Any) -> Any:
@@ -143,6 +148,13 @@ class LrSweepConfig(_Strict):
     lrs: LogGrid | list[float] = Field(default_factory=lambda: LogGrid(min=1e-4, max=10, num=11))
     early_check_steps: int = Field(500, ge=1)  # length of --early-check's run
     early_check_multiplier: float = Field(2.0, gt=0)  # --early-check trains at this × best_lr
+
+    @field_validator("lrs", mode="before")
+    @classmethod
+    def _grid_or_list(cls, value: Any) -> Any:
+        if not isinstance(value, (dict, list, LogGrid)):
+            raise ValueError("expected {min: X, max: Y, num: N} (log-spaced) or a list of learning rates")
+        return value
 
     @field_validator("lrs")
     @classmethod

@@ -42,8 +42,11 @@ class Context:
         from stabsweep.training.device import resolve_device
         from stabsweep.workloads.factory import resolve_factory
 
-        factory = resolve_factory(self.config.workload, self.config.source)
-        factory.check(self.config.seed)
+        try:
+            factory = resolve_factory(self.config.workload, self.config.source)
+            factory.check(self.config.seed)
+        except UserError as exc:  # name the config file, as every other config error does
+            raise UserError(f"{self.config.source}: {exc.message}") from None
         device = resolve_device(self.options.device or self.config.device)
         return TrialJob(factory, self.config.train.optimizer, self.config.detect, str(device))
 
