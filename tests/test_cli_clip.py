@@ -110,3 +110,13 @@ def test_source_errors_exit_2(lr_run, smoke_config, tmp_path, args, expected):
     result = runner.invoke(app, ["clip-report", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert expected in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_config_source_with_sweep_reuses_the_recorded_trial_as_baseline(smoke_config, tmp_path):
+    summary = clip_report(smoke_config, "--lr", 1.0, "--sweep", "--out", tmp_path)
+    trials = pd.read_csv(tmp_path / "clip" / "trials.csv")
+    steps = pd.read_csv(tmp_path / "clip" / "steps.csv")
+    assert list(trials["trial_id"]) == [0, 1, 2, 3, 4]  # trial 0 ran once: the norms and the baseline
+    assert not steps.duplicated(["trial_id", "step"]).any()
+    assert summary["sweep"][0]["clip_threshold"] is None

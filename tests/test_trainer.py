@@ -89,3 +89,17 @@ def test_a_trial_that_raises_is_failed_not_a_crash():
     result = run(0.1, factory=exploding)
     assert result.status is TrialStatus.FAILED
     assert "OutOfMemoryError" in result.error and result.steps_run == 0
+
+
+def test_chunked_sync_cuts_records_and_evals_at_the_diverged_step(monkeypatch):
+    """The GPU path reads metrics every 32 steps; nothing past the bad step may survive."""
+    from stabsweep.training import trainer
+
+    monkeypatch.setattr(trainer, "CPU_SYNC_EVERY", 32)
+    spec = TrialSpec(0, 50.0, 0, 200, eval_every=2, schedule=ScheduleConfig())
+    result = train_trial(spec, MLP, OptimizerConfig(name="momentum"), DetectConfig(), CPU)
+    per_step = run(50.0, steps=200)  # the same trial judged every step
+    assert result.status is TrialStatus.DIVERGED
+    assert result.diverged_step == per_step.diverged_step == result.steps_run
+    assert len(result.steps.train_loss) == result.steps_run
+    assert max(e["step"] for e in result.evals) <= result.steps_run

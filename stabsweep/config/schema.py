@@ -99,13 +99,6 @@ class ClipConfig(_Strict):
             raise ValueError("give exactly one of 'threshold', 'percentile' or 'zscore'")
         return self
 
-    def describe(self) -> str:
-        if self.threshold is not None:
-            return f"{self.threshold:g}"
-        if self.percentile is not None:
-            return f"p{self.percentile:g} of last {self.window}"
-        return f"z>{self.zscore:g}"
-
 
 class TrainConfig(_Strict):
     steps: int = Field(1000, ge=1)  # max_train_steps

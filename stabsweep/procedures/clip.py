@@ -37,8 +37,9 @@ class NormSource:
     steps: np.ndarray
     norms: np.ndarray
 
-    def describe(self) -> str:
-        return f"trial {self.trial_id} (lr={self.lr:.3g}) of {self.path}: {len(self.norms)} steps"
+    @property
+    def name(self) -> str:
+        return f"trial {self.trial_id} (lr={self.lr:.3g}) of {self.path}"
 
 
 def trial_from_run(lr_run: LrRun, trial_id: int | None) -> tuple[int, float]:
@@ -160,7 +161,7 @@ def _sweep_rows(trials: Any) -> list[dict[str, Any]]:
 
 def verdict(source: NormSource, report: NormReport, sweep_rows: list[dict[str, Any]] | None) -> str:
     text = (
-        f"Read {report.steps_read} unclipped gradient norms of {source.describe().split(':')[0]}. "
+        f"Read {report.steps_read} unclipped gradient norms of {source.name}. "
         f"Clipping at p{report.percentile:g} = {report.threshold:.4g} would clip "
         f"{report.clipped_fraction:.1%} of steps."
     )
@@ -249,7 +250,9 @@ def _plot_sweep(folder: Any, trials: Any, steps: Any) -> None:
 def _report(ctx: Context, source: NormSource, report: NormReport, summary: dict[str, Any], folder: str) -> None:
     from rich.table import Table
 
-    table = Table(title=f"gradient norms before clipping: {source.describe()}", title_justify="left")
+    table = Table(
+        title=f"gradient norms before clipping: {source.name}: {len(source.norms)} steps", title_justify="left"
+    )
     for name in [*report.percentiles, "threshold", "clipped"]:
         table.add_column(name, justify="right")
     cells = [f"{v:.4g}" for v in report.percentiles.values()]

@@ -12,7 +12,7 @@ from typing import Any
 
 from stabsweep.analysis.findings import LrFindings, lr_findings
 from stabsweep.config.schema import Config
-from stabsweep.engine.trial import TrialResult, TrialSpec
+from stabsweep.engine.trial import TrialSpec
 from stabsweep.procedures.context import Context
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
@@ -65,9 +65,9 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     early: dict[str, Any] | None = None
     if early_check and found.best_lr is not None:
         spec = early_check_spec(config, found.best_lr, trial_id=len(specs))
-        results = ctx.run_trials([spec], job, store, f"early check at lr={spec.lr:g}")
+        ctx.run_trials([spec], job, store, f"early check at lr={spec.lr:g}")
         trials, steps, evals = store.finalize()
-        early = _early_summary(results[0] if results else None, trials, spec)
+        early = _early_summary(trials, spec)
         part = steps[steps["trial_id"] == spec.trial_id]
         plots.early_check(
             part, evals[evals["trial_id"] == spec.trial_id], spec.lr, store.folder / "plots" / "early_check.png"
@@ -80,7 +80,7 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _early_summary(result: TrialResult | None, trials: Any, spec: TrialSpec) -> dict[str, Any]:
+def _early_summary(trials: Any, spec: TrialSpec) -> dict[str, Any]:
     row = trials[trials["trial_id"] == spec.trial_id].iloc[0]
     status = str(row["status"])
     return {

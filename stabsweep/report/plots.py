@@ -115,7 +115,6 @@ def step_curves(
     label: str = "lr",
     smooth: int = 1,
     title: str = "",
-    threshold_column: bool = False,
 ) -> Path:
     """``column`` vs step for every trial; the best and the next rates up are highlighted."""
     fig, ax = _figure()
@@ -142,9 +141,6 @@ def step_curves(
             finite = np.flatnonzero(np.isfinite(values))
             if finite.size:
                 ax.plot(part["step"].iloc[finite[-1]], values[finite[-1]], "x", color="red", ms=8)
-    if threshold_column and "clip_threshold" in steps:
-        part = steps[steps["trial_id"] == best_id] if best_id is not None else steps
-        ax.plot(part["step"], part["clip_threshold"], "k--", lw=1, label="clip threshold")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(column.replace("_", " ") + (f" (EMA span {smooth})" if smooth > 1 else ""))

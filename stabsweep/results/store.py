@@ -33,8 +33,7 @@ OUTPUTS = (TRIALS, STEPS, EVALS, "summary.json", "config.yaml")
 class ResultsStore:
     def __init__(self, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> None:
         self.folder = folder
-        self._completed: set[int] = set()
-        self.completed_lrs: dict[int, float] = {}
+        self.completed_lrs: dict[int, float] = {}  # trial id -> lr of every trial with a trials.csv row
         if resume and force:
             raise UserError("--resume and --force contradict each other: give one")
         has_results = (folder / TRIALS).exists()
@@ -53,8 +52,8 @@ class ResultsStore:
 
     @property
     def completed(self) -> set[int]:
-        """Trial ids that finished before this run (on --resume)."""
-        return set(self._completed)
+        """Ids of the trials this folder holds a result for: resumed ones and those written since."""
+        return set(self.completed_lrs)
 
     def write(self, result: TrialResult) -> None:
         """Append one finished trial; the trials.csv row goes last (see module docstring)."""
@@ -77,6 +76,7 @@ class ResultsStore:
         if result.evals:
             self._append(EVALS, pd.DataFrame([{"trial_id": result.spec.trial_id, **e} for e in result.evals]))
         self._append(TRIALS, pd.DataFrame([result.row()]))
+        self.completed_lrs[result.spec.trial_id] = result.spec.lr
 
     def finalize(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Sort every file by trial and step, rewrite them, and return them."""
@@ -144,13 +144,12 @@ class ResultsStore:
         if "status" in trials:  # a row cut short by a kill has no status: not finished
             trials = trials[trials["status"].notna() & trials["trial_id"].notna()]
             trials.to_csv(self.folder / TRIALS, index=False)
-        done = set(trials["trial_id"].astype(int)) if "status" in trials else set()
-        self.completed_lrs = dict(zip(trials["trial_id"].astype(int), trials["lr"], strict=True)) if done else {}
+            self.completed_lrs = dict(zip(trials["trial_id"].astype(int), trials["lr"], strict=True))
+        done = self.completed
         for name in (STEPS, EVALS):
             frame = self.read(name)
             if len(frame):
                 frame[frame["trial_id"].isin(done)].to_csv(self.folder / name, index=False)
-        self._completed = done
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:

@@ -28,7 +28,8 @@ from stabsweep.training.optimizers import build_optimizer
 from stabsweep.training.schedules import lr_table
 from stabsweep.workloads.base import Workload
 
-GPU_SYNC_EVERY = 32
+CPU_SYNC_EVERY = 1  # a host read of a CPU tensor is free: judge every step
+GPU_SYNC_EVERY = 32  # on a GPU, read step metrics in chunks to avoid a stall per step
 
 
 def train_trial(
@@ -109,7 +110,7 @@ class _Trial:
         self.num_classes = workload.num_classes
         self.data_on_device = _place(workload.train_data, device)
         self.eval_on_device = _place(workload.eval_data, device)
-        self.sync_every = 1 if device.type == "cpu" else GPU_SYNC_EVERY
+        self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
 
     def loss(self, batch: Any) -> torch.Tensor:
         if self.workload.loss is not None:
@@ -124,13 +125,14 @@ class _Trial:
         threshold_buf = torch.full((steps,), math.nan, device=device)
         losses = np.full(steps, np.nan)
         group = self.optimizer.param_groups[0]
+        lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
         batches = batches_forever(self.workload.train_data)
         evals = [self.evaluate(0)]
         diverged_at: int | None = None
         synced = 0
         self.model.train()
         for step in range(steps):
-            group["lr"] = float(self.lrs[step])
+            group["lr"] = lrs[step]
             batch = next(batches)
             if not self.data_on_device:
                 batch = to_device(batch, device)
@@ -160,6 +162,7 @@ class _Trial:
                 self.model.train()
 
         steps_run = diverged_at or steps
+        evals = [e for e in evals if e["step"] <= steps_run]  # on a GPU, evals past the bad step of a chunk
         return self.result(
             start,
             losses[:steps_run],
@@ -196,7 +199,7 @@ class _Trial:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Mean eval loss over ``eval_data`` (and accuracy for classifiers); training loss if none."""
+        """Mean eval loss over ``eval_data`` (and accuracy for classifiers); NaN without eval data."""
         data = self.workload.eval_data
         if data is None:
             return {"step": step, "eval_loss": math.nan}
