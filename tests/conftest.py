@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 os.environ.setdefault("COLUMNS", "160")  # wide, deterministic rich output in CLI tests
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_ray_is_shut_down():
+    """The ray executor starts a local Ray (2 CPUs here) on first use; stop it after the session."""
+    yield
+    if importlib.util.find_spec("ray") is not None:
+        import sys
+
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from stabsweep.cli import app
 
-from .conftest import ROOT
+from .conftest import ROOT, needs_ray
 
 runner = CliRunner()
 
@@ -125,29 +125,30 @@ def comparable(folder):
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_to_the_same_files(smoke_config, tmp_path, monkeypatch):
-    from stabsweep.training import trainer
+@pytest.mark.parametrize("executor", ["local", "process", pytest.param("ray", marks=needs_ray)])
+def test_interrupted_sweep_resumes_to_the_same_files(executor, smoke_config, tmp_path, monkeypatch):
+    from stabsweep.results.store import ResultsStore
 
     reference = tmp_path / "reference"
     assert invoke("lr", smoke_config, "--out", reference, "-q").exit_code == 0
 
-    real, calls = trainer.train_trial, []
+    real, calls = ResultsStore.write, []
 
-    def interrupted(spec, *args, **kwargs):
-        calls.append(spec.trial_id)
+    def interrupted(store, result):
+        calls.append(result.spec.trial_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(spec, *args, **kwargs)
+        return real(store, result)
 
-    monkeypatch.setattr(trainer, "train_trial", interrupted)
+    monkeypatch.setattr(ResultsStore, "write", interrupted)
     broken = tmp_path / "broken"
-    result = runner.invoke(app, ["lr", str(smoke_config), "--out", str(broken)])
+    result = runner.invoke(app, ["lr", str(smoke_config), "--out", str(broken), "--executor", executor])
     assert result.exit_code == 130 and "--resume" in result.output
     assert len(pd.read_csv(broken / "lr" / "trials.csv")) == 2
 
-    calls.clear()
-    monkeypatch.setattr(trainer, "train_trial", real)
-    assert invoke("lr", smoke_config, "--out", broken, "--resume", "-q").exit_code == 0
+    monkeypatch.setattr(ResultsStore, "write", real)
+    resumed = invoke("lr", smoke_config, "--out", broken, "--resume", "-q", "--executor", executor)
+    assert resumed.exit_code == 0, resumed.output
     for got, want in zip(comparable(broken / "lr"), comparable(reference / "lr"), strict=True):
         pd.testing.assert_frame_equal(got, want)
 

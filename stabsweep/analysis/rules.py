@@ -25,15 +25,22 @@ class Verdict:
     diverged_step: int | None = None
 
 
-def divergence_step(losses: np.ndarray, initial_loss: float, factor: float, offset: int = 0) -> int | None:
-    """The first (1-based) step whose loss is non-finite or above ``factor × initial_loss``.
+def divergence_steps(
+    losses: np.ndarray, initial_loss: np.ndarray | float, factor: float, offset: int = 0
+) -> np.ndarray:
+    """Per curve (last axis): the first (1-based) step whose loss is non-finite or above
+    ``factor × initial_loss``; 0 where there is none.
 
-    Called by the trainer on each chunk of fresh losses (``offset`` = steps before the
-    chunk), so a trial stops at once, and by :func:`judge` on the whole curve.
+    Called by the engine on each chunk of fresh losses (``offset`` = steps before the chunk),
+    for all trials of a batch at once, so a trial stops at once.
     """
-    bad = ~np.isfinite(losses) | (losses > factor * initial_loss)
-    hits = np.flatnonzero(bad)
-    return int(hits[0]) + offset + 1 if hits.size else None
+    bad = ~np.isfinite(losses) | (losses > factor * np.asarray(initial_loss)[..., None])
+    return np.where(bad.any(axis=-1), bad.argmax(axis=-1) + offset + 1, 0)
+
+
+def divergence_step(losses: np.ndarray, initial_loss: float, factor: float, offset: int = 0) -> int | None:
+    """:func:`divergence_steps` of one curve, None where it did not diverge."""
+    return int(divergence_steps(losses, initial_loss, factor, offset)) or None
 
 
 def smoothed(losses: np.ndarray, span: int) -> np.ndarray:

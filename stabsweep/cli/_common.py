@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +35,37 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but er
 Json = Annotated[bool, typer.Option("--json", help="Print summary.json on stdout (for CI smoke runs).")]
 
 
+class EngineName(str, Enum):
+    auto = "auto"
+    vectorized = "vectorized"
+    sequential = "sequential"
+
+
+class ExecutorName(str, Enum):
+    local = "local"
+    process = "process"
+    ray = "ray"
+
+
+Engine = Annotated[
+    EngineName | None,
+    typer.Option(
+        "--engine", help="auto: trials as one vectorized computation where the model allows (execution.engine)."
+    ),
+]
+Executor = Annotated[
+    ExecutorName | None,
+    typer.Option("--executor", help="local, process (a worker per core or GPU) or ray (execution.executor)."),
+]
+Workers = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Worker processes for --executor process (execution.workers).")
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Ray cluster to join, e.g. auto or ray://head:10001 (execution.ray.address)."),
+]
+
+
 @dataclass
 class Common:
     """The options every command takes, and the context they make for a procedure."""
@@ -45,6 +77,10 @@ class Common:
     force: bool
     quiet: bool
     json_output: bool
+    engine: EngineName | None = None
+    executor: ExecutorName | None = None
+    workers: int | None = None
+    ray_address: str | None = None
     ctx: Any = None  # set by context(); names the run folder when a sweep is interrupted
 
     def context(self, config_path: Path, default_out: Path | None = None, extra_overrides: list[str] = ()) -> Any:
@@ -52,7 +88,14 @@ class Common:
         from stabsweep.procedures.context import Context, RunOptions
         from stabsweep.report.console import make_console
 
-        config = load_config(config_path, parse_overrides([*(self.set_ or []), *extra_overrides]))
+        execution = {
+            "execution.engine": self.engine and self.engine.value,
+            "execution.executor": self.executor and self.executor.value,
+            "execution.workers": self.workers,
+            "execution.ray.address": self.ray_address,
+        }
+        flags = [f"{key}={json.dumps(value)}" for key, value in execution.items() if value is not None]
+        config = load_config(config_path, parse_overrides([*(self.set_ or []), *extra_overrides, *flags]))
         options = RunOptions(
             out=self.out or default_out,
             device=self.device,

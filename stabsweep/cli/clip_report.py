@@ -7,7 +7,21 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import Common, Device, Force, Json, Out, Quiet, Resume, Set, execute
+from stabsweep.cli._common import (
+    Common,
+    Device,
+    Engine,
+    Executor,
+    Force,
+    Json,
+    Out,
+    Quiet,
+    RayAddress,
+    Resume,
+    Set,
+    Workers,
+    execute,
+)
 
 
 def clip_report(
@@ -49,9 +63,13 @@ def clip_report(
     force: Force = False,
     quiet: Quiet = False,
     json_output: Json = False,
+    engine: Engine = None,
+    executor: Executor = None,
+    workers: Workers = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Gradient-norm report: percentiles, a clipping threshold (p90) and the share of steps it clips."""
-    common = Common(out, set_, device, resume, force, quiet, json_output)
+    common = Common(out, set_, device, resume, force, quiet, json_output, engine, executor, workers, ray_address)
 
     def body() -> dict:
         from stabsweep.errors import UserError

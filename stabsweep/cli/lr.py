@@ -7,7 +7,21 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import Common, Device, Force, Json, Out, Quiet, Resume, Set, execute
+from stabsweep.cli._common import (
+    Common,
+    Device,
+    Engine,
+    Executor,
+    Force,
+    Json,
+    Out,
+    Quiet,
+    RayAddress,
+    Resume,
+    Set,
+    Workers,
+    execute,
+)
 
 
 def lr(
@@ -25,9 +39,13 @@ def lr(
     force: Force = False,
     quiet: Quiet = False,
     json_output: Json = False,
+    engine: Engine = None,
+    executor: Executor = None,
+    workers: Workers = None,
+    ray_address: RayAddress = None,
 ) -> None:
     """Learning-rate sweep: find the best rate (lr*) and the rate where training becomes unstable."""
-    common = Common(out, set_, device, resume, force, quiet, json_output)
+    common = Common(out, set_, device, resume, force, quiet, json_output, engine, executor, workers, ray_address)
 
     def body() -> dict:
         from stabsweep.procedures import lr as procedure

@@ -8,7 +8,7 @@ arguments for torch, checked against the real constructor's signature.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -212,6 +212,25 @@ class DetectConfig(_Strict):
         return self
 
 
+class RayConfig(_Strict):
+    """Where the ray executor runs and what each of its tasks asks for."""
+
+    address: str | None = None  # "auto", "ray://head:10001", ...; default: start a local Ray
+    num_cpus: float = Field(1.0, gt=0)  # CPUs per task
+    num_gpus: float = Field(0.0, ge=0)  # GPUs per task; a fraction lets tasks share a GPU
+    trials_per_task: int | None = Field(None, ge=1)  # default: split over the cluster's free slots
+
+
+class ExecutionConfig(_Strict):
+    """How trials run; never part of what a result means, so --resume may change it."""
+
+    engine: Literal["auto", "vectorized", "sequential"] = "auto"  # auto: vectorized where the model allows
+    max_batch: int = Field(64, ge=1)  # most trials in one vectorized computation
+    executor: Literal["local", "process", "ray"] = "local"
+    workers: int | None = Field(None, ge=1)  # process: default one per GPU, else one per core
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
 class Config(_Strict):
     name: str = Field(min_length=1)  # names the run folder: runs/<name>/
     seed: int = 0  # every trial's weights and batch order
@@ -222,6 +241,7 @@ class Config(_Strict):
     warmup_sweep: WarmupSweepConfig = Field(default_factory=WarmupSweepConfig)
     clip_sweep: ClipSweepConfig = Field(default_factory=ClipSweepConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     _source: str = PrivateAttr(default="<config>")
 

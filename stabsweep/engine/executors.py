@@ -1,14 +1,21 @@
-"""Executors run a list of trials and yield each result as soon as it is finished.
+"""Executors run a list of trials and yield each result as soon as it is back.
 
-Every executor yields :class:`TrialResult` objects in completion order; the caller writes
-each one at once, which is what makes an interrupted sweep keep its finished trials.
+- ``local``: in this process (a vectorized batch uses every core through torch's threads);
+- ``process``: a pool of worker processes, one per core, or one per GPU with its own
+  ``CUDA_VISIBLE_DEVICES``; each worker runs its share of the trials as one batch;
+- ``ray``: trials as Ray tasks on a cluster (:mod:`stabsweep.engine.ray_executor`).
+
+Every executor yields :class:`TrialResult` objects in completion order and the caller writes
+each one at once, which is what makes an interrupted sweep keep its finished trials. A worker
+that dies (out of memory, killed) costs its trials, which come back as FAILED results.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stabsweep.config.schema import DetectConfig, OptimizerConfig
@@ -18,24 +25,121 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """What all trials of one sweep share: the workload, optimizer, rules and device."""
+    """What all trials of one sweep share: the workload, optimizer, rules, device and engine."""
 
     factory: WorkloadFactory
     optimizer: OptimizerConfig
     detect: DetectConfig
     device: str  # a resolved torch device string, e.g. "cpu" or "cuda:0"
+    engine: str = "auto"  # auto | vectorized | sequential
+    max_batch: int = 64  # most trials in one vectorized computation
+
+
+def run_unit(specs: list[TrialSpec], job: TrialJob) -> list[TrialResult]:
+    """A worker's share: its trials, run by the engine, returned together."""
+    from stabsweep.engine.runner import run_trials
+
+    return list(run_trials(specs, job))
+
+
+def split(specs: list[TrialSpec], parts: int, job: TrialJob) -> list[list[TrialSpec]]:
+    """Trials dealt out round-robin, so each share mixes low and high rates and ends together;
+    one trial per share when the engine runs them one at a time anyway."""
+    if job.engine == "sequential":
+        return [[spec] for spec in specs]
+    parts = max(1, min(parts, len(specs)))
+    return [specs[i::parts] for i in range(parts) if specs[i::parts]]
+
+
+def lost(specs: list[TrialSpec], exc: BaseException) -> list[TrialResult]:
+    """FAILED results for trials whose worker died before it could report them."""
+    from stabsweep.engine.trial import TrialResult, TrialStatus
+
+    reason = f"worker lost: {type(exc).__name__}"
+    return [TrialResult(s, TrialStatus.FAILED, reason, 0, 0.0, error=f"{type(exc).__name__}: {exc}") for s in specs]
 
 
 class LocalExecutor:
-    """One trial after another in this process."""
+    """Every trial in this process."""
 
     name = "local"
 
     def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
-        import torch
+        from stabsweep.engine.runner import run_trials
 
-        from stabsweep.training.trainer import train_trial
+        yield from run_trials(specs, job)
 
-        device = torch.device(job.device)
-        for spec in specs:
-            yield train_trial(spec, job.factory, job.optimizer, job.detect, device)
+
+class ProcessExecutor:
+    """A pool of worker processes on this machine: one per GPU on a GPU, else one per core."""
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers
+
+    def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
+        import concurrent.futures as cf
+        import dataclasses
+        import multiprocessing
+
+        if not specs:
+            return
+        gpus = _gpu_ids(job.device)
+        workers = self.workers or len(gpus) or os.cpu_count() or 1
+        units = split(specs, workers, job)
+        workers = min(workers, len(units))
+        if gpus:  # each worker sees one GPU, as cuda:0
+            job = dataclasses.replace(job, device="cuda")
+        context = multiprocessing.get_context("spawn")  # fork after torch has started is unsafe
+        slots = context.Queue()
+        for i in range(workers):
+            slots.put(gpus[i % len(gpus)] if gpus else None)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(slots, threads))
+        try:
+            futures = {pool.submit(run_unit, unit, job): unit for unit in units}
+            for future in cf.as_completed(futures):
+                try:
+                    results = future.result()
+                except cf.process.BrokenProcessPool as exc:
+                    results = lost(futures[future], exc)
+                yield from results
+        finally:
+            _stop(pool)
+
+
+def _gpu_ids(device: str) -> list[str]:
+    """The GPUs a process pool spreads over: the one named, or every visible one."""
+    if not device.startswith("cuda"):
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if ":" in device:
+        index = int(device.split(":")[1])
+        return [visible.split(",")[index] if visible else str(index)]
+    import torch
+
+    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _start_worker(slots: Any, threads: int) -> None:
+    """Runs first in each worker, before torch is imported there."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    import torch
+
+    torch.set_num_threads(threads)  # workers share the cores instead of each taking them all
+
+
+def _stop(pool: Any) -> None:
+    """Shut the pool down without waiting for trials nobody will read (after Ctrl-C)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    # ProcessPoolExecutor has no public way to stop running workers before Python 3.14's
+    # terminate_workers(); its _processes map is the documented-by-source way to reach them.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()

@@ -65,6 +65,8 @@ class TrialResult:
     error: str | None = None
     steps: StepLog | None = None
     evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "eval_loss", ...}
+    engine: str = "sequential"  # "vectorized" when it ran in a batch of trials
+    fallback: str | None = None  # why a trial meant for a batch ran alone
 
     def row(self) -> dict[str, Any]:
         """The trials.csv row (DESIGN §4)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stabsweep.engine.executors import LocalExecutor, TrialJob
+from stabsweep.engine.executors import LocalExecutor, ProcessExecutor, TrialJob
 from stabsweep.errors import UserError
 from stabsweep.results.store import ResultsStore
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from stabsweep.config.schema import Config
+    from stabsweep.engine.ray_executor import RayExecutor
     from stabsweep.engine.trial import TrialResult, TrialSpec
 
 
@@ -32,23 +33,48 @@ class Context:
     config: Config
     options: RunOptions
     console: Console
-    executor: LocalExecutor = field(default_factory=LocalExecutor)
+    fallbacks: set[str] = field(default_factory=set)  # reasons already told: say each once
 
     @property
     def run_root(self) -> Path:
         return self.options.out or Path("runs") / self.config.name
 
+    @property
+    def executor(self) -> LocalExecutor | ProcessExecutor | RayExecutor:
+        execution = self.config.execution
+        if execution.executor == "process":
+            return ProcessExecutor(execution.workers)
+        if execution.executor == "ray":
+            from stabsweep.engine.ray_executor import RayExecutor
+
+            return RayExecutor(execution.ray)
+        return LocalExecutor()
+
     def job(self) -> TrialJob:
         from stabsweep.training.device import resolve_device
         from stabsweep.workloads.factory import resolve_factory
 
+        execution = self.config.execution
         try:
             factory = resolve_factory(self.config.workload, self.config.source)
-            factory.check(self.config.seed)
+            workload = factory.check(self.config.seed)
         except UserError as exc:  # name the config file, as every other config error does
             raise UserError(f"{self.config.source}: {exc.message}") from None
+        if execution.engine == "vectorized":
+            from stabsweep.engine.vectorized import why_not_vectorizable
+
+            reason = why_not_vectorizable(workload.model)
+            if reason:
+                raise UserError(f"execution.engine: vectorized is impossible here: {reason}; use auto or sequential")
         device = resolve_device(self.options.device or self.config.device)
-        return TrialJob(factory, self.config.train.optimizer, self.config.detect, str(device))
+        return TrialJob(
+            factory,
+            self.config.train.optimizer,
+            self.config.detect,
+            str(device),
+            engine=execution.engine,
+            max_batch=execution.max_batch,
+        )
 
     def store(self, command: str) -> ResultsStore:
         return ResultsStore(self.run_root / command, self.config, resume=self.options.resume, force=self.options.force)
@@ -71,4 +97,7 @@ class Context:
                 store.write(result)
                 progress.advance(result)
                 results.append(result)
+                if result.fallback and result.fallback not in self.fallbacks:
+                    self.fallbacks.add(result.fallback)
+                    self.console.print(f"running trials one at a time: {result.fallback}", markup=False)
         return results

@@ -132,6 +132,8 @@ class ResultsStore:
             return
         saved = yaml.safe_load(saved_path.read_text())
         current = yaml.safe_load(dump_config(config))
+        for settings in (saved, current):  # how trials run may change between runs; what they are may not
+            settings.pop("execution", None)
         changed = _first_difference(saved, current)
         if changed:
             raise UserError(

@@ -1,18 +1,21 @@
-"""Gradient clipping rules: the threshold λ in force at each step.
+"""Gradient clipping rules: the threshold λ in force at each step, for a batch of trials.
 
 A clip replaces g by λ·g/‖g‖ when ‖g‖ > λ (``torch.nn.utils.clip_grads_with_norm_`` does the
-scaling). The rules here only decide λ, from the *unclipped* global norm:
+scaling for one trial; the vectorized engine applies the same formula to stacked gradients).
+The rules here only decide λ, from the *unclipped* global norm:
 
-- fixed: a constant λ;
+- fixed: a constant λ (``inf`` for a trial that does not clip);
 - percentile (AutoClip, Seetharaman et al. 2020): λ is the p-th percentile of the last
   ``window`` unclipped norms, the current one included;
 - z-score (ZClip, Kumar et al. 2025): an exponential moving average of the norm's mean and
   variance; λ = mean + z·std, and the EMA is fed the clipped norm so one spike does not
   raise the bar for the next. The first ``warmup`` steps only observe.
 
-All state stays on the gradient's device as tensors: deciding λ never synchronises with the
-host, so clipping adds no stall to a GPU step. These rules are written by hand because
-torch ships only the scaling, not adaptive thresholds.
+Every rule works on a vector of norms, one per trial, with per-trial settings, so one batch
+can sweep thresholds; a single trial is a batch of one. All state stays on the gradient's
+device as tensors: deciding λ never synchronises with the host. ``keep(rows)`` drops the
+trials a batch has finished with. These rules are written by hand because torch ships only
+the scaling, not adaptive thresholds.
 """
 
 from __future__ import annotations
@@ -26,61 +29,93 @@ if TYPE_CHECKING:
     from stabsweep.config.schema import ClipConfig
 
 
-class FixedClip:
-    def __init__(self, threshold: float) -> None:
-        self.value = threshold
+def clip_kind(config: ClipConfig | None) -> str:
+    """Trials of one kind can share a batch: "fixed" (a threshold or none), "percentile", "zscore"."""
+    if config is None or config.threshold is not None:
+        return "fixed"
+    return "percentile" if config.percentile is not None else "zscore"
 
-    def threshold(self, norm: torch.Tensor, step: int) -> torch.Tensor | float:
-        return self.value
+
+class FixedClip:
+    def __init__(self, configs: list[ClipConfig | None], device: torch.device) -> None:
+        import torch
+
+        values = [math.inf if c is None else c.threshold for c in configs]
+        self.values = torch.tensor(values, dtype=torch.float32, device=device)
+
+    def threshold(self, norms: torch.Tensor, step: int) -> torch.Tensor:
+        return self.values
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.values = self.values[rows]
 
 
 class PercentileClip:
-    def __init__(self, percentile: float, window: int, device: torch.device) -> None:
+    def __init__(self, configs: list[ClipConfig], device: torch.device) -> None:
         import torch
 
-        self.q = percentile / 100.0
-        self.history = torch.full((window,), math.nan, device=device)
+        self.windows = torch.tensor([c.window for c in configs], device=device)
+        self.q = torch.tensor([c.percentile / 100.0 for c in configs], device=device)
+        self.same_q = len({c.percentile for c in configs}) == 1
+        # Shorter windows leave their extra columns NaN, which nanquantile ignores.
+        self.history = torch.full((len(configs), max(c.window for c in configs)), math.nan, device=device)
 
-    def threshold(self, norm: torch.Tensor, step: int) -> torch.Tensor:
+    def threshold(self, norms: torch.Tensor, step: int) -> torch.Tensor:
         import torch
 
-        self.history[step % len(self.history)] = norm.detach()
-        return torch.nanquantile(self.history, self.q)
+        rows = torch.arange(len(norms), device=norms.device)
+        self.history[rows, step % self.windows] = norms.detach().to(self.history.dtype)
+        if self.same_q:
+            return torch.nanquantile(self.history, self.q[0], dim=1)
+        return torch.nanquantile(self.history, self.q, dim=1).diagonal()  # row i at its own q_i
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.windows, self.q, self.history = self.windows[rows], self.q[rows], self.history[rows]
 
 
 class ZScoreClip:
-    def __init__(self, zscore: float, ema_decay: float, warmup: int, device: torch.device) -> None:
+    def __init__(self, configs: list[ClipConfig], device: torch.device) -> None:
         import torch
 
-        self.z, self.decay, self.warmup = zscore, ema_decay, warmup
-        self.mean = torch.zeros((), device=device)
-        self.var = torch.zeros((), device=device)
+        def column(key: str) -> torch.Tensor:
+            return torch.tensor([float(getattr(c, key)) for c in configs], device=device)
 
-    def threshold(self, norm: torch.Tensor, step: int) -> torch.Tensor | float:
-        norm = norm.detach()
+        self.z, self.decay, self.warmup = column("zscore"), column("ema_decay"), column("warmup")
+        self.mean = torch.zeros(len(configs), device=device)
+        self.var = torch.zeros(len(configs), device=device)
+
+    def threshold(self, norms: torch.Tensor, step: int) -> torch.Tensor:
+        import torch
+
+        norms = norms.detach()
         if step == 0:
-            self.mean.copy_(norm)
-            return math.inf
-        import torch
-
-        clipping = step >= self.warmup
+            self.mean.copy_(norms)
+            return torch.full_like(norms, math.inf)
+        clipping = self.warmup <= step
         bar = self.mean + self.z * self.var.sqrt()
-        seen = norm.minimum(bar) if clipping else norm
+        seen = torch.where(clipping, norms.minimum(bar), norms)
         # A non-finite norm leaves the statistics alone; clipping cannot rescue it anyway.
-        delta = torch.where(norm.isfinite(), seen - self.mean, 0.0)
+        delta = torch.where(norms.isfinite(), seen - self.mean, 0.0)
         self.mean.add_((1 - self.decay) * delta)
         self.var.mul_(self.decay).add_(self.decay * (1 - self.decay) * delta * delta)
-        return bar if clipping else math.inf
+        return torch.where(clipping, bar, math.inf)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for name in ("z", "decay", "warmup", "mean", "var"):
+            setattr(self, name, getattr(self, name)[rows])
 
 
 Clipper = FixedClip | PercentileClip | ZScoreClip
 
 
-def build_clipper(config: ClipConfig | None, device: torch.device) -> Clipper | None:
-    if config is None:
+def build_clipper(configs: list[ClipConfig | None], device: torch.device) -> Clipper | None:
+    """The rule for a batch of trials of one :func:`clip_kind`; None when no trial clips."""
+    if all(c is None for c in configs):
         return None
-    if config.threshold is not None:
-        return FixedClip(config.threshold)
-    if config.percentile is not None:
-        return PercentileClip(config.percentile, config.window, device)
-    return ZScoreClip(config.zscore, config.ema_decay, config.warmup, device)
+    kinds = {clip_kind(c) for c in configs}
+    if len(kinds) != 1:
+        raise ValueError(f"one batch cannot mix clipping kinds {sorted(kinds)}")
+    kind = kinds.pop()
+    if kind == "fixed":
+        return FixedClip(configs, device)
+    return PercentileClip(configs, device) if kind == "percentile" else ZScoreClip(configs, device)

@@ -44,17 +44,117 @@ def train_trial(
     try:
         return _Trial(spec, factory(spec.seed), optimizer, detect, device).run(start)
     except Exception as exc:  # noqa: BLE001 - a trial that raises is a result (DESIGN §5)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        return TrialResult(
-            spec,
-            TrialStatus.FAILED,
-            f"raised {type(exc).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}",
-            steps_run=0,
-            wall_seconds=time.perf_counter() - start,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        return failed_result(spec, exc, start, device)
+
+
+def failed_result(spec: TrialSpec, exc: Exception, start: float, device: torch.device) -> TrialResult:
+    """The FAILED record of a trial that raised, naming where."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return TrialResult(
+        spec,
+        TrialStatus.FAILED,
+        f"raised {type(exc).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}",
+        steps_run=0,
+        wall_seconds=time.perf_counter() - start,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def lr_schedule(spec: TrialSpec) -> np.ndarray:
+    """The trial's learning rate at every step: its schedule, after its warmup ramp."""
+    return lr_table(
+        spec.schedule.name,
+        spec.schedule.kwargs,
+        spec.lr,
+        spec.steps - spec.warmup_steps,
+        prepend_warmup=spec.warmup_steps,
+    )
+
+
+def training_loss(workload: Workload, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The workload's objective: ``loss(model, batch)``, or ``loss_fn(model(inputs), targets)``."""
+    if workload.loss is not None:
+        return workload.loss(model, batch)
+    inputs, targets = batch
+    return workload.loss_fn(model(inputs), targets)
+
+
+class EvalTerms:
+    """One eval batch's contribution: summed loss and, for classifiers, correct predictions.
+
+    A function of tensors only, so the vectorized engine can run it under ``vmap``; what it
+    learns about the outputs' shape (a classifier? how many classes?) it keeps as attributes.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.classified = workload.loss is None
+        self.num_classes = workload.num_classes
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        n = batch_size_of(batch)
+        if self.workload.loss is not None:
+            loss = self.workload.loss(model, batch)
+            return loss * n, torch.zeros_like(loss)
+        inputs, targets = batch
+        outputs = model(inputs)
+        loss = self.workload.loss_fn(outputs, targets)
+        self.classified = self.classified and outputs.ndim == 2 and not targets.is_floating_point()
+        if not self.classified:
+            return loss * n, torch.zeros_like(loss)
+        self.num_classes = self.num_classes or outputs.shape[1]
+        return loss * n, (outputs.argmax(1) == targets).sum().to(loss.dtype)
+
+
+def eval_record(step: int, total: Any, correct: Any, count: int, classified: bool) -> dict[str, float]:
+    record = {"step": step, "eval_loss": float(total) / max(count, 1)}
+    if classified and count:
+        record["eval_accuracy"] = float(correct) / count
+    return record
+
+
+def batch_size_of(batch: Any) -> int:
+    return len(batch[0]) if isinstance(batch, (list, tuple)) else 1
+
+
+def trial_result(
+    spec: TrialSpec,
+    detect: DetectConfig,
+    num_classes: int | None,
+    start: float,
+    lrs: np.ndarray,
+    losses: np.ndarray,
+    norms: np.ndarray,
+    thresholds: np.ndarray,
+    evals: list[dict[str, float]],
+) -> TrialResult:
+    """Judge a trial's records (cut at the steps it ran) and package them as its result."""
+    steps_run = losses.size
+    evals = [e for e in evals if e["step"] <= steps_run]  # evals past a diverged step of a chunk
+    thresholds = np.where(np.isfinite(thresholds), thresholds, np.nan)  # inf: no clipping in force
+    verdict = judge(losses, detect, num_classes)
+    eval_losses = [e["eval_loss"] for e in evals if math.isfinite(e["eval_loss"])]
+    log = StepLog(
+        lr=lrs[:steps_run].copy(),
+        train_loss=losses,
+        grad_norm=norms,
+        clip_threshold=thresholds,
+        clipped=norms > np.nan_to_num(thresholds, nan=np.inf),
+    )
+    return TrialResult(
+        spec,
+        verdict.status,
+        verdict.reason,
+        steps_run=int(steps_run),
+        wall_seconds=time.perf_counter() - start,
+        best_eval_loss=min(eval_losses) if eval_losses else None,
+        final_train_loss=float(smoothed(losses, detect.smoothing)[-1]) if steps_run else None,
+        diverged_step=verdict.diverged_step,
+        steps=log,
+        evals=evals,
+    )
 
 
 def batches_forever(data: Any) -> Iterator[Any]:
@@ -78,7 +178,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _place(data: Any, device: torch.device) -> bool:
+def place_data(data: Any, device: torch.device) -> bool:
     """Move in-memory data to the device once; True when batches need no per-step copy."""
     if data is not None and callable(getattr(data, "to", None)) and not isinstance(data, torch.nn.Module):
         data.to(device)
@@ -98,25 +198,13 @@ class _Trial:
         self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
         self.model = workload.model.to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.lrs = lr_table(
-            spec.schedule.name,
-            spec.schedule.kwargs,
-            spec.lr,
-            spec.steps - spec.warmup_steps,
-            prepend_warmup=spec.warmup_steps,
-        )
+        self.lrs = lr_schedule(spec)
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, self.params, float(self.lrs[0]))
-        self.clipper = build_clipper(spec.clip, device)
-        self.num_classes = workload.num_classes
-        self.data_on_device = _place(workload.train_data, device)
-        self.eval_on_device = _place(workload.eval_data, device)
+        self.clipper = build_clipper([spec.clip], device)
+        self.eval_terms = EvalTerms(workload)
+        self.data_on_device = place_data(workload.train_data, device)
+        self.eval_on_device = place_data(workload.eval_data, device)
         self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
-
-    def loss(self, batch: Any) -> torch.Tensor:
-        if self.workload.loss is not None:
-            return self.workload.loss(self.model, batch)
-        inputs, targets = batch
-        return self.workload.loss_fn(self.model(inputs), targets)
 
     def run(self, start: float) -> TrialResult:
         steps, device = self.spec.steps, self.device
@@ -136,14 +224,14 @@ class _Trial:
             batch = next(batches)
             if not self.data_on_device:
                 batch = to_device(batch, device)
-            loss = self.loss(batch)
+            loss = training_loss(self.workload, self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = get_total_norm([p.grad for p in self.params if p.grad is not None])
             loss_buf[step] = loss.detach()
             norm_buf[step] = norm
             if self.clipper is not None:
-                threshold = self.clipper.threshold(norm, step)
+                threshold = self.clipper.threshold(norm.reshape(1), step)[0]
                 threshold_buf[step] = threshold
                 clip_grads_with_norm_(self.params, threshold, norm)
             self.optimizer.step()
@@ -162,39 +250,16 @@ class _Trial:
                 self.model.train()
 
         steps_run = diverged_at or steps
-        evals = [e for e in evals if e["step"] <= steps_run]  # on a GPU, evals past the bad step of a chunk
-        return self.result(
+        return trial_result(
+            self.spec,
+            self.detect,
+            self.eval_terms.num_classes,
             start,
+            self.lrs,
             losses[:steps_run],
             norm_buf[:steps_run].cpu().numpy(),
             threshold_buf[:steps_run].cpu().numpy(),
             evals,
-        )
-
-    def result(
-        self, start: float, losses: np.ndarray, norms: np.ndarray, thresholds: np.ndarray, evals: list[dict[str, float]]
-    ) -> TrialResult:
-        verdict = judge(losses, self.detect, self.num_classes)
-        eval_losses = [e["eval_loss"] for e in evals if math.isfinite(e["eval_loss"])]
-        final = float(smoothed(losses, self.detect.smoothing)[-1]) if losses.size else None
-        log = StepLog(
-            lr=self.lrs[: losses.size].copy(),
-            train_loss=losses,
-            grad_norm=norms,
-            clip_threshold=thresholds,
-            clipped=norms > np.nan_to_num(thresholds, nan=np.inf),
-        )
-        return TrialResult(
-            self.spec,
-            verdict.status,
-            verdict.reason,
-            steps_run=int(losses.size),
-            wall_seconds=time.perf_counter() - start,
-            best_eval_loss=min(eval_losses) if eval_losses else None,
-            final_train_loss=final,
-            diverged_step=verdict.diverged_step,
-            steps=log,
-            evals=evals,
         )
 
     @torch.no_grad()
@@ -206,24 +271,12 @@ class _Trial:
         self.model.eval()
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        count, classified = 0, True
+        count = 0
         for batch in data:
             if not self.eval_on_device:
                 batch = to_device(batch, self.device)
-            n = len(batch[0]) if isinstance(batch, (list, tuple)) else 1
-            if self.workload.loss is not None:
-                total += self.workload.loss(self.model, batch) * n
-                classified = False
-            else:
-                inputs, targets = batch
-                outputs = self.model(inputs)
-                total += self.workload.loss_fn(outputs, targets) * n
-                classified = classified and outputs.ndim == 2 and not targets.is_floating_point()
-                if classified:
-                    correct += (outputs.argmax(1) == targets).sum()
-                    self.num_classes = self.num_classes or outputs.shape[1]
-            count += n
-        record = {"step": step, "eval_loss": float(total) / max(count, 1)}
-        if classified and count:
-            record["eval_accuracy"] = float(correct) / count
-        return record
+            loss_sum, right = self.eval_terms(self.model, batch)
+            total += loss_sum
+            correct += right
+            count += batch_size_of(batch)
+        return eval_record(step, total, correct, count, self.eval_terms.classified)

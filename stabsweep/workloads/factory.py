@@ -53,7 +53,7 @@ class WorkloadFactory:
             )
         return workload
 
-    def check(self, seed: int) -> None:
+    def check(self, seed: int) -> Workload:
         """Fail early, before any trial, for a factory that cannot be loaded, called or used."""
         fn = self.function()
         params = inspect.signature(fn).parameters
@@ -68,7 +68,7 @@ class WorkloadFactory:
                         f"'{name}'{did_you_mean(name, accepted)}; it takes {', '.join(accepted)}"
                     )
         try:
-            self(seed)
+            return self(seed)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - the factory raised: bad args or a bug in it

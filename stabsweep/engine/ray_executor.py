@@ -1,0 +1,79 @@
+"""The Ray executor: trials as Ray tasks, on a cluster or on a local Ray.
+
+Each task runs a share of the trials (a vectorized batch, or one trial with the sequential
+engine) with the resources the config asks for: ``num_cpus`` and ``num_gpus`` per task, a
+fraction of a GPU included, so several small sweeps' tasks can share one GPU. By default the
+trials are split into as many tasks as the cluster can run at once.
+
+Workers import stabsweep and the workload factory themselves: on a multi-node cluster,
+install stabsweep (and any factory module) on every node; a factory file is read by path.
+Ray is an optional extra: ``pip install 'stabsweep[ray]'``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from stabsweep.engine.executors import lost, run_unit, split
+from stabsweep.errors import UserError
+
+if TYPE_CHECKING:
+    from stabsweep.config.schema import RayConfig
+    from stabsweep.engine.executors import TrialJob
+    from stabsweep.engine.trial import TrialResult, TrialSpec
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, config: RayConfig) -> None:
+        self.config = config
+
+    def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
+        import dataclasses
+
+        if not specs:
+            return
+        ray = _connect(self.config.address)
+        resources = {"num_cpus": self.config.num_cpus, "num_gpus": self.config.num_gpus}
+        # Ray gives a GPU task its GPU as CUDA_VISIBLE_DEVICES; the driver may have none.
+        job = dataclasses.replace(job, device="cuda" if self.config.num_gpus > 0 else "cpu")
+        units = split(specs, self._parallel_tasks(ray, len(specs)), job)
+        task = ray.remote(run_unit).options(**resources)
+        pending = {task.remote(unit, job): unit for unit in units}
+        try:
+            while pending:
+                [ready], _ = ray.wait(list(pending), num_returns=1)
+                unit = pending.pop(ready)
+                try:
+                    results = ray.get(ready)
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+                    results = lost(unit, exc)
+                yield from results
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+    def _parallel_tasks(self, ray: object, count: int) -> int:
+        if self.config.trials_per_task:
+            return math.ceil(count / self.config.trials_per_task)
+        available = ray.cluster_resources()  # type: ignore[attr-defined]
+        slots = available.get("CPU", 1) / self.config.num_cpus
+        if self.config.num_gpus > 0:
+            slots = min(slots, available.get("GPU", 0) / self.config.num_gpus)
+        return max(1, int(slots))
+
+
+def _connect(address: str | None) -> object:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("execution.executor: 'ray' needs Ray; install it with pip install 'stabsweep[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise UserError(f"execution.ray.address: cannot reach a Ray cluster at {address!r}: {exc}") from None
+    return ray

@@ -1,0 +1,72 @@
+"""Which trials run together, and how: as a vectorized batch, or one at a time.
+
+Every executor ends here, in this process, in a worker process or in a Ray task: it hands
+over a list of trials and gets each result as soon as it is decided.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from stabsweep.training.clipping import clip_kind
+
+if TYPE_CHECKING:
+    import torch
+
+    from stabsweep.engine.executors import TrialJob
+    from stabsweep.engine.trial import TrialResult, TrialSpec
+
+ENGINES = ("auto", "vectorized", "sequential")
+
+
+def plan_batches(specs: list[TrialSpec], max_batch: int) -> list[list[TrialSpec]]:
+    """Trials that can share one computation: same seed (weights and data order), same eval
+    cadence, same kind of clipping rule; at most ``max_batch`` of them, in plan order."""
+    groups: dict[tuple, list[TrialSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.seed, spec.eval_every, clip_kind(spec.clip)), []).append(spec)
+    return [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
+
+
+def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
+    import torch
+
+    device = torch.device(job.device)
+    if job.engine == "sequential":
+        yield from _one_at_a_time(specs, job, device)
+        return
+    for batch in plan_batches(specs, job.max_batch):
+        if len(batch) == 1 and job.engine == "auto":  # a batch of one only adds vmap's overhead
+            yield from _one_at_a_time(batch, job, device)
+        else:
+            yield from _vectorized(batch, job, device)
+
+
+def _one_at_a_time(
+    specs: list[TrialSpec], job: TrialJob, device: torch.device, fallback: str | None = None
+) -> Iterator[TrialResult]:
+    from stabsweep.training.trainer import train_trial
+
+    for spec in specs:
+        result = train_trial(spec, job.factory, job.optimizer, job.detect, device)
+        yield dataclasses.replace(result, fallback=fallback) if fallback else result
+
+
+def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> Iterator[TrialResult]:
+    """Run ``batch`` as one computation; whatever stops that runs the rest one at a time."""
+    from stabsweep.engine.vectorized import NotVectorizable, TrialBatch
+
+    finished: set[int] = set()
+    try:
+        trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device)
+        for result in trials.run():
+            finished.add(result.spec.trial_id)
+            yield dataclasses.replace(result, engine="vectorized")
+        return
+    except NotVectorizable as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. an op vmap has no rule for; trials still run
+        reason = f"vmap raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    yield from _one_at_a_time([s for s in batch if s.trial_id not in finished], job, device, fallback=reason)

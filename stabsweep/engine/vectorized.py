@@ -1,0 +1,257 @@
+"""A batch of trials as one computation: stacked parameters, forward and backward under ``vmap``.
+
+Trials of one batch share the architecture, the initial weights and the data order (one
+seed) and differ in learning rate, schedule, warmup, clipping threshold and length. Their
+parameters are stacked along a leading trial axis (``torch.func.stack_module_state``) and
+one ``vmap(grad_and_value(loss))`` call gives every trial's loss and gradients, from one
+batch of data, in one pass.
+
+The optimizer is torch.optim's own, not a re-implementation. One optimizer holds the stacked
+parameters with ``lr = 1``; after its step, each trial's parameters are moved to
+``before + lr_i · (after − before)``. That is exact because in torch.optim's formulations of
+every optimizer stabsweep names, the state (momentum, moment estimates, squared-gradient
+sums) never depends on the learning rate and the step is linear in it: SGD, RMSprop, Adam,
+AdamW and NAdam (whose decoupled decay ``p·(1 − lr·wd)`` is linear too) and Adagrad, whose
+``lr_decay`` divides the rate by ``1 + (step − 1)·lr_decay``, still linear in ``lr``.
+``tests/test_vectorized.py`` checks each against the same trial run alone.
+
+A trial that diverges or reaches its last step is written out at once and its rows are cut
+out of the parameters, the optimizer state and the clipping state ("compaction"), so the
+rest of the batch stops paying for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from stabsweep.analysis.rules import divergence_steps
+from stabsweep.config.schema import DetectConfig, OptimizerConfig
+from stabsweep.engine.trial import TrialResult, TrialSpec
+from stabsweep.training.clipping import build_clipper
+from stabsweep.training.optimizers import build_optimizer
+from stabsweep.training.trainer import (
+    CPU_SYNC_EVERY,
+    GPU_SYNC_EVERY,
+    EvalTerms,
+    batch_size_of,
+    batches_forever,
+    eval_record,
+    lr_schedule,
+    place_data,
+    to_device,
+    training_loss,
+    trial_result,
+)
+from stabsweep.workloads.base import Workload
+
+
+class NotVectorizable(Exception):
+    """The model cannot run under vmap; the message says why, in one line."""
+
+
+def why_not_vectorizable(model: nn.Module) -> str | None:
+    """A reason known before running: layers whose training step mutates shared state."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return (
+                f"{type(module).__name__} at '{name or 'model'}' updates running statistics in training mode, "
+                "which vmap cannot batch"
+            )
+    return None
+
+
+class _Bound(nn.Module):
+    """Runs any function of the model (the training loss, eval terms) under ``functional_call``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[nn.Module, Any], Any], batch: Any) -> Any:
+        return fn(self.model, batch)
+
+
+class TrialBatch:
+    """Trials of one seed, trained together; ``run()`` yields each result as it is decided."""
+
+    def __init__(
+        self,
+        specs: list[TrialSpec],
+        workload: Workload,
+        optimizer: OptimizerConfig,
+        detect: DetectConfig,
+        device: torch.device,
+    ) -> None:
+        reason = why_not_vectorizable(workload.model)
+        if reason:
+            raise NotVectorizable(reason)
+        self.specs, self.workload, self.detect, self.device = specs, workload, detect, device
+        self.bound = _Bound(workload.model.to(device))
+        count = len(specs)
+        stacked, _ = stack_module_state([self.bound] * count)
+        trainable = {name for name, p in self.bound.named_parameters() if p.requires_grad}
+        self.params = {name: stacked[name].detach() for name in trainable}
+        # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
+        self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in trainable}
+        self.shared.update(dict(self.bound.named_buffers()))
+        self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, list(self.params.values()), 1.0)
+        self.clipper = build_clipper([s.clip for s in specs], device)
+        tables = [lr_schedule(s) for s in specs]
+        self.lr_tables = tables
+        self.max_steps = max(s.steps for s in specs)
+        padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in tables])
+        self.lr_rows = torch.as_tensor(padded, dtype=torch.float32, device=device)  # [active trial, step]
+        self.eval_terms = EvalTerms(workload)
+        self.value_and_grads = vmap(
+            grad_and_value(self._loss), in_dims=(0, None, None), randomness="same"
+        )  # dropout masks are shared, as the data order is
+        self.eval_batch = vmap(self._eval, in_dims=(0, None, None), randomness="same")
+        self.data_on_device = place_data(workload.train_data, device)
+        self.eval_on_device = place_data(workload.eval_data, device)
+        self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
+        self.steps_done = 0  # how far the batch got; 0 means no update was applied yet
+
+    def _loss(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        return functional_call(self.bound, {**params, **shared}, (partial(training_loss, self.workload), batch))
+
+    def _eval(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> Any:
+        return functional_call(self.bound, {**params, **shared}, (self.eval_terms, batch))
+
+    def run(self) -> Iterator[TrialResult]:
+        start = time.perf_counter()
+        specs, device, steps = self.specs, self.device, self.max_steps
+        count = len(specs)
+        active = np.arange(count)  # row i of the stacked tensors is trial specs[active[i]]
+        rows = torch.arange(count, device=device)  # the same, on the device, to index buffers
+        loss_buf = torch.full((count, steps), math.nan, device=device)
+        norm_buf = torch.full((count, steps), math.nan, device=device)
+        threshold_buf = torch.full((count, steps), math.nan, device=device)
+        losses = np.full((count, steps), np.nan)
+        ends = np.array([s.steps for s in specs])
+        eval_every = specs[0].eval_every
+        evals: list[list[dict[str, float]]] = [[] for _ in specs]
+        self._record_evals(0, active, evals)
+        params = list(self.params.values())
+        batches = batches_forever(self.workload.train_data)
+        synced = 0
+        self.bound.train()
+        for step in range(steps):
+            batch = next(batches)
+            if not self.data_on_device:
+                batch = to_device(batch, device)
+            grads, loss = self.value_and_grads(self.params, self.shared, batch)
+            grads = [grads[name] for name in self.params]
+            norms = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1), dim=1
+            )  # per trial, the global norm torch.nn.utils.get_total_norm computes for one
+            loss_buf[rows, step] = loss.detach()
+            norm_buf[rows, step] = norms
+            if self.clipper is not None:
+                thresholds = self.clipper.threshold(norms, step)
+                threshold_buf[rows, step] = thresholds
+                scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)  # clip_grads_with_norm_'s formula
+                for g in grads:
+                    g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+            self._step(params, grads, self.lr_rows[:, step])
+            self.steps_done = done = step + 1
+
+            finishing = ends[active] == done
+            if done - synced >= self.sync_every or finishing.any() or done == steps:
+                losses[active, synced:done] = loss_buf[rows, synced:done].cpu().numpy()
+                diverged = divergence_steps(
+                    losses[active, synced:done], losses[active, 0], self.detect.divergence_factor, offset=synced
+                )
+                synced = done
+                for i in np.flatnonzero(diverged):
+                    yield self._result(active[i], int(diverged[i]), start, losses, norm_buf, threshold_buf, evals)
+                if diverged.any():
+                    active, rows = self._keep(diverged == 0, active, rows)
+                    finishing = ends[active] == done
+            if done % eval_every == 0 or finishing.any():
+                self._record_evals(done, active, evals)
+            if finishing.any():
+                for i in np.flatnonzero(finishing):
+                    yield self._result(active[i], done, start, losses, norm_buf, threshold_buf, evals)
+                active, rows = self._keep(~finishing, active, rows)
+            if active.size == 0:
+                return
+
+    @torch.no_grad()
+    def _step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lrs: torch.Tensor) -> None:
+        """torch.optim's step at lr = 1, then each trial's share of it at its own rate."""
+        before = [p.clone() for p in params]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        keep = 1 - lrs
+        for p, b in zip(params, before, strict=True):
+            p.lerp_(b, keep.view(-1, *[1] * (p.dim() - 1)))  # b + lr·(p − b), computed from p
+            p.grad = None
+
+    def _keep(self, mask: np.ndarray, active: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Drop finished trials' rows from everything stacked, so they cost nothing more."""
+        index = torch.as_tensor(np.flatnonzero(mask), device=self.device)
+        old = len(active)
+        for p in self.params.values():
+            state = self.optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == old:
+                    state[key] = value[index]
+            p.data = p.data[index]
+        self.lr_rows = self.lr_rows[index]
+        if self.clipper is not None:
+            self.clipper.keep(index)
+        return active[mask], rows[index]
+
+    @torch.no_grad()
+    def _record_evals(self, step: int, active: np.ndarray, evals: list[list[dict[str, float]]]) -> None:
+        data = self.workload.eval_data
+        if data is None:
+            for i in active:
+                evals[i].append({"step": step, "eval_loss": math.nan})
+            return
+        self.bound.eval()
+        total = torch.zeros(len(active), device=self.device)
+        correct = torch.zeros(len(active), device=self.device)
+        count = 0
+        for batch in data:
+            if not self.eval_on_device:
+                batch = to_device(batch, self.device)
+            loss_sum, right = self.eval_batch(self.params, self.shared, batch)
+            total += loss_sum
+            correct += right
+            count += batch_size_of(batch)
+        self.bound.train()
+        for i, loss_sum, right in zip(active, total.tolist(), correct.tolist(), strict=True):
+            evals[i].append(eval_record(step, loss_sum, right, count, self.eval_terms.classified))
+
+    def _result(
+        self,
+        trial: int,
+        steps_run: int,
+        start: float,
+        losses: np.ndarray,
+        norm_buf: torch.Tensor,
+        threshold_buf: torch.Tensor,
+        evals: list[list[dict[str, float]]],
+    ) -> TrialResult:
+        return trial_result(
+            self.specs[trial],
+            self.detect,
+            self.eval_terms.num_classes,
+            start,
+            self.lr_tables[trial],
+            losses[trial, :steps_run],
+            norm_buf[trial, :steps_run].cpu().numpy(),
+            threshold_buf[trial, :steps_run].cpu().numpy(),
+            evals[trial],
+        )
