@@ -68,5 +68,6 @@ def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> 
     except NotVectorizable as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. an op vmap has no rule for; trials still run
-        reason = f"vmap raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        first_sentence = str(exc).split(". ")[0].splitlines()[0] if str(exc) else ""
+        reason = f"vmap raised {type(exc).__name__}: {first_sentence}".rstrip(": ")
     yield from _one_at_a_time([s for s in batch if s.trial_id not in finished], job, device, fallback=reason)
