@@ -169,6 +169,8 @@ def test_killed_process_keeps_finished_trials_and_resume_runs_only_the_rest(smok
         "train.steps=400",
         "--set",
         "lr_sweep.lrs=[0.003, 0.01, 0.03, 0.1, 0.3]",
+        "--engine",
+        "sequential",  # trials end one by one, so a kill can land between two of them
     ]
     process = subprocess.Popen(cmd, env=env)
     trials_csv = tmp_path / "lr" / "trials.csv"
