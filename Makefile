@@ -28,12 +28,15 @@ test: setup lint  ## the whole suite, end-to-end runs included
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check stabsweep tests
-	$(VENV)/bin/ruff format --check stabsweep tests
+	$(VENV)/bin/ruff check stabsweep tests benchmarks
+	$(VENV)/bin/ruff format --check stabsweep tests benchmarks
 
 format: setup
-	$(VENV)/bin/ruff format stabsweep tests
-	$(VENV)/bin/ruff check --fix stabsweep tests
+	$(VENV)/bin/ruff format stabsweep tests benchmarks
+	$(VENV)/bin/ruff check --fix stabsweep tests benchmarks
+
+bench: setup  ## the engine's speed ratios, measured in one run; written to runs/bench/bench.csv
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -239,9 +239,14 @@ class _Trial:
             done = step + 1
             if done - synced >= self.sync_every or done == steps:
                 losses[synced:done] = loss_buf[synced:done].cpu().numpy()
-                diverged_at = divergence_step(
-                    losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
-                )
+                if done - synced == 1:  # one fresh loss (the CPU path): plain floats beat numpy calls
+                    value = losses[step]
+                    diverged = not math.isfinite(value) or value > self.detect.divergence_factor * losses[0]
+                    diverged_at = done if diverged else None
+                else:
+                    diverged_at = divergence_step(
+                        losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
+                    )
                 synced = done
                 if diverged_at is not None:
                     break
