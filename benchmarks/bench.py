@@ -1,0 +1,180 @@
+"""``make bench``: the engine's performance targets, as ratios measured in one run.
+
+(a) overhead: one stabsweep trial / the same training as a bare PyTorch loop   target ≤ 1.10
+(b) sweep:    the quickstart's 16-rate sweep / one trial                       target ≤ 3.5 (2 CPU cores)
+              (one at a time it is about 16; the sequential engine's figure is printed beside it)
+(c) ray:      the same 16-trial sweep on the ray executor / on the local one   (no target: Ray's cost)
+
+Both sides of a ratio run in this process, on this machine, interleaved and repeated; each
+side's time is its median. The sweep includes writing its CSV files, as a real sweep does.
+Ratios, seconds, device and machine go to ``runs/bench/bench.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from stabsweep.config.loader import load_config
+from stabsweep.engine.executors import TrialJob
+from stabsweep.procedures import lr as lr_procedure
+from stabsweep.procedures.context import Context, RunOptions
+from stabsweep.report.console import make_console
+from stabsweep.training.trainer import batches_forever, place_data, train_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SWEEP = {"lr_sweep.lrs.num": 16}  # 1e-3 … 10, as the quickstart, with 16 rates
+BEST_LR = 0.1  # the quickstart's lr*: a trial that trains all its steps
+
+
+def bare_loop(job: TrialJob, steps: int, eval_every: int) -> float:
+    """The quickstart trial written as plain PyTorch: same model, data, optimizer, evals."""
+    device = torch.device(job.device)
+    start = time.perf_counter()
+    workload = job.factory(0)
+    model = workload.model.to(device)
+    place_data(workload.train_data, device)
+    place_data(workload.eval_data, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=BEST_LR, momentum=0.9)
+    batches = batches_forever(workload.train_data)
+    for step in range(1, steps + 1):
+        inputs, targets = next(batches)
+        loss = workload.loss_fn(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % eval_every == 0 or step == 1:
+            with torch.no_grad():
+                model.eval()
+                eval_loss = sum(workload.loss_fn(model(x), y) * len(x) for x, y in workload.eval_data)
+                float(eval_loss)  # the value is read, as the trial reads it
+                model.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def median_seconds(runs: int, *fns: Callable[[], float]) -> list[float]:
+    """Each function's median time over ``runs`` rounds, the functions interleaved per round."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            times[i].append(fn())
+    return [statistics.median(t) for t in times]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of each timing (median)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-ray", action="store_true", help="skip (c)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    scratch = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
+
+    def context(**execution: str) -> Context:
+        overrides = {**SWEEP, **{f"execution.{k}": v for k, v in execution.items()}}
+        config = load_config(QUICKSTART, overrides)
+        options = RunOptions(out=scratch, device=args.device, force=True, quiet=True)
+        return Context(config, options, make_console(quiet=True))
+
+    local = context()
+    job = local.job()
+    config = local.config
+    steps, eval_every = config.train.steps, config.train.eval_every
+    specs = lr_procedure.plan(config)
+    one = specs[0]  # its settings, at lr* (BEST_LR)
+
+    def trial() -> float:
+        start = time.perf_counter()
+        result = train_trial(replace(one, lr=BEST_LR), job.factory, job.optimizer, job.detect, torch.device(job.device))
+        assert result.steps_run == steps, result.reason
+        return time.perf_counter() - start
+
+    def sweep(ctx: Context) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            ctx.run_trials(specs, ctx.job(), ctx.store("lr"), "bench")
+            return time.perf_counter() - start
+
+        return run
+
+    console.print(f"device {job.device}; {os.cpu_count()} CPU cores; torch {torch.__version__}; {args.runs} runs each")
+    bare_s, trial_s = median_seconds(args.runs, lambda: bare_loop(job, steps, eval_every), trial)
+    sweep_s, sequential_s = median_seconds(args.runs, sweep(local), sweep(context(engine="sequential")))
+    rows = [
+        ("a", "one trial / bare PyTorch loop", trial_s / bare_s, 1.10, trial_s, bare_s),
+        ("b", "16-rate sweep / one trial", sweep_s / trial_s, 3.5, sweep_s, trial_s),
+        ("b'", "16-rate sweep, sequential engine / one trial", sequential_s / trial_s, None, sequential_s, trial_s),
+    ]
+    if not args.no_ray:
+        ray_ctx = context(executor="ray")
+        start = time.perf_counter()
+        from stabsweep.engine.ray_executor import _connect
+
+        _connect(None)
+        ray_start_s = time.perf_counter() - start
+        sweep_s_again, ray_s = median_seconds(args.runs, sweep(local), sweep(ray_ctx))
+        rows.append(("c", "16-rate sweep, ray executor / local", ray_s / sweep_s_again, None, ray_s, sweep_s_again))
+        console.print(f"(a local Ray took {ray_start_s:.1f} s to start; not in (c))")
+
+    table = Table("", "ratio", "value", "target", "seconds", "over seconds", title="stabsweep bench")
+    for key, name, ratio, target, num, den in rows:
+        verdict = "" if target is None else (" ✓" if ratio <= target else " ✗ over target")
+        table.add_row(
+            key, name, f"{ratio:.2f}{verdict}", "" if target is None else f"≤ {target}", f"{num:.2f}", f"{den:.2f}"
+        )
+    Console().print(table)
+
+    machine = f"{cpu_model()}, {os.cpu_count()} cores"
+    if job.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name(torch.device(job.device))}"
+    frame = pd.DataFrame(
+        [
+            {
+                "id": key,
+                "ratio_name": name,
+                "ratio": round(ratio, 3),
+                "target": target,
+                "seconds": round(num, 3),
+                "over_seconds": round(den, 3),
+                "device": job.device,
+                "machine": machine,
+                "torch": torch.__version__,
+                "runs": args.runs,
+                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            for key, name, ratio, target, num, den in rows
+        ]
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out / "bench.csv", index=False)
+    console.print(f"wrote {args.out / 'bench.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
