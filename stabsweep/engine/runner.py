@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from stabsweep.engine.executors import TrialJob
     from stabsweep.engine.trial import TrialResult, TrialSpec
 
-ENGINES = ("auto", "vectorized", "sequential")
-
 
 def plan_batches(specs: list[TrialSpec], max_batch: int) -> list[list[TrialSpec]]:
     """Trials that can share one computation: same seed (weights and data order), same eval

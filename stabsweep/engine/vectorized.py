@@ -105,10 +105,9 @@ class TrialBatch:
         self.shared.update(dict(self.bound.named_buffers()))
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, list(self.params.values()), 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
-        tables = [lr_schedule(s) for s in specs]
-        self.lr_tables = tables
+        self.lr_tables = [lr_schedule(s) for s in specs]
         self.max_steps = max(s.steps for s in specs)
-        padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in tables])
+        padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in self.lr_tables])
         self.lr_rows = torch.as_tensor(padded, dtype=torch.float32, device=device)  # [active trial, step]
         self.eval_terms = EvalTerms(workload)
         self.value_and_grads = vmap(
