@@ -133,9 +133,9 @@ def main() -> int:
     if not args.no_ray:
         ray_ctx = context(executor="ray")
         start = time.perf_counter()
-        from stabsweep.engine.ray_executor import _connect
+        from stabsweep.engine.ray_executor import connect
 
-        _connect(None)
+        connect(None)
         ray_start_s = time.perf_counter() - start
         sweep_s_again, ray_s = median_seconds(args.runs, sweep(local), sweep(ray_ctx))
         rows.append(("c", "16-rate sweep, ray executor / local", ray_s / sweep_s_again, None, ray_s, sweep_s_again))

@@ -36,7 +36,7 @@ class RayExecutor:
 
         if not specs:
             return
-        ray = _connect(self.config.address)
+        ray = connect(self.config.address)
         resources = {"num_cpus": self.config.num_cpus, "num_gpus": self.config.num_gpus}
         # Ray gives a GPU task its GPU as CUDA_VISIBLE_DEVICES; the driver may have none.
         job = dataclasses.replace(job, device="cuda" if self.config.num_gpus > 0 else "cpu")
@@ -66,7 +66,7 @@ class RayExecutor:
         return max(1, int(slots))
 
 
-def _connect(address: str | None) -> object:
+def connect(address: str | None) -> object:
     try:
         import ray
     except ImportError:

@@ -100,6 +100,8 @@ class TrialBatch:
         stacked, _ = stack_module_state([self.bound] * count)
         trainable = {name for name, p in self.bound.named_parameters() if p.requires_grad}
         self.params = {name: stacked[name].detach() for name in trainable}
+        # Per-trial scalars broadcast over each parameter through these shapes: (-1, 1, ..., 1).
+        self.trial_axis = [(-1, *[1] * (p.dim() - 1)) for p in self.params.values()]
         # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
         self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in trainable}
         self.shared.update(dict(self.bound.named_buffers()))
@@ -136,6 +138,7 @@ class TrialBatch:
         threshold_buf = torch.full((count, steps), math.nan, device=device)
         losses = np.full((count, steps), np.nan)
         ends = np.array([s.steps for s in specs])
+        end_steps = set(ends.tolist())  # the steps at which some trial finishes, known up front
         eval_every = specs[0].eval_every
         evals: list[list[dict[str, float]]] = [[] for _ in specs]
         self._record_evals(0, active, evals)
@@ -158,13 +161,13 @@ class TrialBatch:
                 thresholds = self.clipper.threshold(norms, step)
                 threshold_buf[rows, step] = thresholds
                 scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)  # clip_grads_with_norm_'s formula
-                for g in grads:
-                    g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+                for g, shape in zip(grads, self.trial_axis, strict=True):
+                    g.mul_(scale.view(shape))
             self._step(params, grads, self.lr_rows[:, step])
             self.steps_done = done = step + 1
 
-            finishing = ends[active] == done
-            if done - synced >= self.sync_every or finishing.any() or done == steps:
+            at_an_end = done in end_steps
+            if done - synced >= self.sync_every or at_an_end:
                 losses[active, synced:done] = loss_buf[rows, synced:done].cpu().numpy()
                 diverged = divergence_steps(
                     losses[active, synced:done], losses[active, 0], self.detect.divergence_factor, offset=synced
@@ -174,10 +177,11 @@ class TrialBatch:
                     yield self._result(active[i], int(diverged[i]), start, losses, norm_buf, threshold_buf, evals)
                 if diverged.any():
                     active, rows = self._keep(diverged == 0, active, rows)
-                    finishing = ends[active] == done
-            if done % eval_every == 0 or finishing.any():
+            finishing = ends[active] == done if at_an_end else None
+            ending = finishing is not None and finishing.any()
+            if done % eval_every == 0 or ending:
                 self._record_evals(done, active, evals)
-            if finishing.any():
+            if ending:
                 for i in np.flatnonzero(finishing):
                     yield self._result(active[i], done, start, losses, norm_buf, threshold_buf, evals)
                 active, rows = self._keep(~finishing, active, rows)
@@ -192,8 +196,8 @@ class TrialBatch:
             p.grad = g
         self.optimizer.step()
         keep = 1 - lrs
-        for p, b in zip(params, before, strict=True):
-            p.lerp_(b, keep.view(-1, *[1] * (p.dim() - 1)))  # b + lr·(p − b), computed from p
+        for p, b, shape in zip(params, before, self.trial_axis, strict=True):
+            p.lerp_(b, keep.view(shape))  # b + lr·(p − b), computed from p
             p.grad = None
 
     def _keep(self, mask: np.ndarray, active: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
