@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from stabsweep.cli import app
 
 from .conftest import ROOT, needs_ray
+from .sweep_files import assert_same_sweep, sweep_files
 
 runner = CliRunner()
 
@@ -119,11 +120,6 @@ def test_existing_results_need_resume_or_force(smoke_config, tmp_path):
     assert invoke("lr", smoke_config, "--out", tmp_path, "--force", "-q").exit_code == 0
 
 
-def comparable(folder):
-    trials = pd.read_csv(folder / "trials.csv").drop(columns=["wall_seconds"])
-    return trials, pd.read_csv(folder / "steps.csv"), pd.read_csv(folder / "evals.csv")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "process", pytest.param("ray", marks=needs_ray)])
 def test_interrupted_sweep_resumes_to_the_same_files(executor, smoke_config, tmp_path, monkeypatch):
@@ -149,8 +145,7 @@ def test_interrupted_sweep_resumes_to_the_same_files(executor, smoke_config, tmp
     monkeypatch.setattr(ResultsStore, "write", real)
     resumed = invoke("lr", smoke_config, "--out", broken, "--resume", "-q", "--executor", executor)
     assert resumed.exit_code == 0, resumed.output
-    for got, want in zip(comparable(broken / "lr"), comparable(reference / "lr"), strict=True):
-        pd.testing.assert_frame_equal(got, want)
+    assert_same_sweep(sweep_files(broken / "lr"), sweep_files(reference / "lr"))
 
 
 @pytest.mark.slow

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from stabsweep.cli import app
 
 from .conftest import needs_ray
+from .sweep_files import assert_same_sweep, sweep_files
 
 runner = CliRunner()
 
@@ -18,9 +18,7 @@ runner = CliRunner()
 def lr_run(smoke_config, out, *flags):
     result = runner.invoke(app, ["lr", str(smoke_config), "--out", str(out), "-q", *map(str, flags)])
     assert result.exit_code == 0, result.output
-    folder = out / "lr"
-    trials = pd.read_csv(folder / "trials.csv").drop(columns=["wall_seconds"])
-    return trials, pd.read_csv(folder / "steps.csv"), pd.read_csv(folder / "evals.csv")
+    return sweep_files(out / "lr")
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +47,7 @@ def smoke_config_path():
     ids=["local-vectorized", "process-vectorized", "process-sequential", "ray-vectorized", "ray-sequential"],
 )
 def test_every_executor_and_engine_writes_the_same_trials(flags, reference, smoke_config_path, tmp_path):
-    trials, steps, evals = lr_run(smoke_config_path, tmp_path, *flags)
-    want_trials, want_steps, want_evals = reference
-    # Statuses, reasons, steps run and diverged steps exactly; losses closely. At lr = 1 this
-    # MLP is on the edge of divergence, where a different thread count (a worker has one core)
-    # or batch shape already moves the last digits, and the edge amplifies them over 60 steps.
-    pd.testing.assert_frame_equal(trials, want_trials, rtol=1e-3)
-    pd.testing.assert_frame_equal(evals, want_evals, rtol=1e-3)
-    calm = steps["lr"] <= 0.1
-    pd.testing.assert_frame_equal(steps[calm], want_steps[calm], rtol=1e-5)
-    pd.testing.assert_frame_equal(steps, want_steps, rtol=1e-2)
+    assert_same_sweep(lr_run(smoke_config_path, tmp_path, *flags), reference)
 
 
 def test_forcing_vectorized_on_a_batchnorm_model_is_a_clear_error(write_config):

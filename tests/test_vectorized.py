@@ -98,9 +98,9 @@ def test_diverged_and_finished_trials_leave_the_batch_at_once():
     assert [r.steps_run for r in results[1:]] == [25, 40]
     for result in results:
         assert_same_trial(result, alone(result.spec, optimizer))
-    weights = next(iter(batch.params.values()))
-    assert batch.steps_done == 40 and weights.shape[0] == 0  # every trial's rows were cut out
-    assert batch.optimizer.state[weights]["momentum_buffer"].shape[0] == 0  # and its optimizer state
+    assert batch.steps_done == 40 and batch.flat.shape[0] == 0  # every trial's rows were cut out
+    assert all(p.shape[0] == 0 for p in batch.params.values())
+    assert batch.optimizer.state[batch.flat]["momentum_buffer"].shape[0] == 0  # and its optimizer state
 
 
 def test_results_carry_the_diverged_step_and_all_their_evals():

@@ -2,15 +2,16 @@
 
 Trials of one batch share the architecture, the initial weights and the data order (one
 seed) and differ in learning rate, schedule, warmup, clipping threshold and length. Their
-parameters are stacked along a leading trial axis (``torch.func.stack_module_state``) and
-one ``vmap(grad_and_value(loss))`` call gives every trial's loss and gradients, from one
-batch of data, in one pass.
+parameters are stacked along a leading trial axis (``torch.func.stack_module_state``), laid
+out as one row of weights per trial, and one ``vmap`` call gives every trial's loss from one
+batch of data; one backward pass gives every trial's gradients.
 
-The optimizer is torch.optim's own, not a re-implementation. One optimizer holds the stacked
-parameters with ``lr = 1``; after its step, each trial's parameters are moved to
+The optimizer is torch.optim's own, not a re-implementation. One optimizer holds the rows of
+weights with ``lr = 1``; after its step, each trial's weights are moved to
 ``before + lr_i · (after − before)``. That is exact because in torch.optim's formulations of
 every optimizer stabsweep names, the state (momentum, moment estimates, squared-gradient
-sums) never depends on the learning rate and the step is linear in it: SGD, RMSprop, Adam,
+sums) never depends on the learning rate, the step is elementwise (so rows of weights may be
+concatenated) and linear in the rate: SGD, RMSprop, Adam,
 AdamW and NAdam (whose decoupled decay ``p·(1 − lr·wd)`` is linear too) and Adagrad, whose
 ``lr_decay`` divides the rate by ``1 + (step − 1)·lr_decay``, still linear in ``lr``.
 ``tests/test_vectorized.py`` checks each against the same trial run alone.
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from stabsweep.analysis.rules import divergence_steps
 from stabsweep.config.schema import DetectConfig, OptimizerConfig
@@ -98,28 +99,41 @@ class TrialBatch:
         self.bound = _Bound(workload.model.to(device))
         count = len(specs)
         stacked, _ = stack_module_state([self.bound] * count)
-        trainable = {name for name, p in self.bound.named_parameters() if p.requires_grad}
-        self.params = {name: stacked[name].detach() for name in trainable}
-        # Per-trial scalars broadcast over each parameter through these shapes: (-1, 1, ..., 1).
-        self.trial_axis = [(-1, *[1] * (p.dim() - 1)) for p in self.params.values()]
+        trainable = [name for name, p in self.bound.named_parameters() if p.requires_grad]
+        self.shapes = {name: stacked[name].shape[1:] for name in trainable}
+        # All trainable weights of a trial in one row: the optimizer, the grad norm, clipping and
+        # the per-trial rate each become one op over [trial, weight] instead of one per parameter.
+        self.flat = torch.cat([stacked[name].detach().reshape(count, -1) for name in trainable], dim=1)
+        self._split_flat()
         # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
-        self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in trainable}
+        self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in self.shapes}
         self.shared.update(dict(self.bound.named_buffers()))
-        self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, list(self.params.values()), 1.0)
+        self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
         self.lr_tables = [lr_schedule(s) for s in specs]
         self.max_steps = max(s.steps for s in specs)
         padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in self.lr_tables])
         self.lr_rows = torch.as_tensor(padded, dtype=torch.float32, device=device)  # [active trial, step]
         self.eval_terms = EvalTerms(workload)
-        self.value_and_grads = vmap(
-            grad_and_value(self._loss), in_dims=(0, None, None), randomness="same"
-        )  # dropout masks are shared, as the data order is
+        # Dropout masks are shared across trials, as the data order is.
+        self.losses_of = vmap(self._loss, in_dims=(0, None, None), randomness="same")
         self.eval_batch = vmap(self._eval, in_dims=(0, None, None), randomness="same")
         self.data_on_device = place_data(workload.train_data, device)
         self.eval_on_device = place_data(workload.eval_data, device)
         self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
         self.steps_done = 0  # how far the batch got; 0 means no update was applied yet
+
+    def _split_flat(self) -> None:
+        """Per-parameter views [trial, *shape] of the flat weights (the model's inputs, which
+        autograd differentiates) and of the flat gradient (where the step reads them)."""
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.before = torch.empty_like(self.flat)
+        self.params, self.grad_views, start = {}, [], 0
+        for name, shape in self.shapes.items():
+            end = start + math.prod(shape)
+            self.params[name] = self.flat[:, start:end].view(-1, *shape).requires_grad_()
+            self.grad_views.append(self.flat_grad[:, start:end].view(-1, *shape))
+            start = end
 
     def _loss(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return functional_call(self.bound, {**params, **shared}, (partial(training_loss, self.workload), batch))
@@ -142,7 +156,6 @@ class TrialBatch:
         eval_every = specs[0].eval_every
         evals: list[list[dict[str, float]]] = [[] for _ in specs]
         self._record_evals(0, active, evals)
-        params = list(self.params.values())
         batches = batches_forever(self.workload.train_data)
         synced = 0
         self.bound.train()
@@ -150,20 +163,21 @@ class TrialBatch:
             batch = next(batches)
             if not self.data_on_device:
                 batch = to_device(batch, device)
-            grads, loss = self.value_and_grads(self.params, self.shared, batch)
-            grads = [grads[name] for name in self.params]
-            norms = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1), dim=1
-            )  # per trial, the global norm torch.nn.utils.get_total_norm computes for one
+            loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
+            # Trials are independent, so the gradient of the summed loss with respect to a
+            # trial's row is the gradient of that trial's own loss.
+            grads = torch.autograd.grad(loss.sum(), list(self.params.values()), materialize_grads=True)
+            for view, grad in zip(self.grad_views, grads, strict=True):
+                view.copy_(grad)
+            norms = torch.linalg.vector_norm(self.flat_grad, dim=1)  # get_total_norm, per trial
             loss_buf[rows, step] = loss.detach()
             norm_buf[rows, step] = norms
             if self.clipper is not None:
                 thresholds = self.clipper.threshold(norms, step)
                 threshold_buf[rows, step] = thresholds
                 scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)  # clip_grads_with_norm_'s formula
-                for g, shape in zip(grads, self.trial_axis, strict=True):
-                    g.mul_(scale.view(shape))
-            self._step(params, grads, self.lr_rows[:, step])
+                self.flat_grad.mul_(scale[:, None])
+            self._step(self.lr_rows[:, step])
             self.steps_done = done = step + 1
 
             at_an_end = done in end_steps
@@ -189,27 +203,24 @@ class TrialBatch:
                 return
 
     @torch.no_grad()
-    def _step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lrs: torch.Tensor) -> None:
+    def _step(self, lrs: torch.Tensor) -> None:
         """torch.optim's step at lr = 1, then each trial's share of it at its own rate."""
-        before = [p.clone() for p in params]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
+        self.before.copy_(self.flat)
+        self.flat.grad = self.flat_grad
         self.optimizer.step()
-        keep = 1 - lrs
-        for p, b, shape in zip(params, before, self.trial_axis, strict=True):
-            p.lerp_(b, keep.view(shape))  # b + lr·(p − b), computed from p
-            p.grad = None
+        self.flat.lerp_(self.before, (1 - lrs)[:, None])  # before + lr·(after − before)
 
     def _keep(self, mask: np.ndarray, active: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Drop finished trials' rows from everything stacked, so they cost nothing more."""
         index = torch.as_tensor(np.flatnonzero(mask), device=self.device)
         old = len(active)
-        for p in self.params.values():
-            state = self.optimizer.state.get(p, {})
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == old:
-                    state[key] = value[index]
-            p.data = p.data[index]
+        state = self.optimizer.state.get(self.flat, {})
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == old:
+                state[key] = value[index]
+        self.flat.grad = None
+        self.flat.data = self.flat.data[index]  # the same tensor object: the optimizer's key for its state
+        self._split_flat()
         self.lr_rows = self.lr_rows[index]
         if self.clipper is not None:
             self.clipper.keep(index)
