@@ -5,8 +5,13 @@
               (one at a time it is about 16; the sequential engine's figure is printed beside it)
 (c) ray:      the same 16-trial sweep on the ray executor / on the local one   (no target: Ray's cost)
 
-Both sides of a ratio run in this process, on this machine, interleaved and repeated; each
-side's time is its median. The sweep includes writing its CSV files, as a real sweep does.
+Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
+for the trials still running at that step, written as plain batched matrix products (no
+vmap, optimizer, clipping, records or evals) / one trial. No engine built on the same
+kernels can go below it on this machine, whatever its overheads.
+
+Every timing runs in this process, on this machine, all of them interleaved in each round and
+the rounds repeated; each time is its median. The sweep includes writing its CSV files, as a real sweep does.
 Ratios, seconds, device and machine go to ``runs/bench/bench.csv``.
 """
 
@@ -68,6 +73,36 @@ def bare_loop(job: TrialJob, steps: int, eval_every: int) -> float:
     return time.perf_counter() - start
 
 
+def arithmetic_floor(job: TrialJob, running: list[int]) -> float:
+    """Forward and backward of the quickstart MLP for ``running[s]`` trials at step ``s``, by hand.
+
+    The same data, shapes and float32 kernels as the vectorized engine (``baddbmm`` for the
+    stacked linear layers, ReLU, cross-entropy), nothing else; written by hand because it is
+    the yardstick, not the tool.
+    """
+    workload = job.factory(0)
+    model = workload.model
+    assert all(isinstance(m, torch.nn.Linear | torch.nn.ReLU) for m in model), "the quickstart is Linear/ReLU"
+    layers = [m for m in model if isinstance(m, torch.nn.Linear)]
+    batches = batches_forever(workload.train_data)
+    start = time.perf_counter()
+    count = 0
+    for trials in running:
+        if trials != count:  # the batch was compacted: stack the weights for the trials left
+            count = trials
+            weights = [m.weight.detach().expand(count, -1, -1).clone().requires_grad_() for m in layers]
+            biases = [m.bias.detach().expand(count, 1, -1).clone().requires_grad_() for m in layers]
+        inputs, targets = next(batches)
+        hidden = inputs.expand(count, -1, -1)
+        for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            hidden = torch.baddbmm(bias, hidden, weight.transpose(1, 2))
+            if i < len(layers) - 1:
+                hidden = hidden.relu()
+        loss = torch.nn.functional.cross_entropy(hidden.flatten(0, 1), targets.repeat(count), reduction="sum")
+        torch.autograd.grad(loss / len(targets), weights + biases)
+    return time.perf_counter() - start
+
+
 def cpu_model() -> str:
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -114,20 +149,33 @@ def main() -> int:
         assert result.steps_run == steps, result.reason
         return time.perf_counter() - start
 
+    steps_run: list[int] = []
+
     def sweep(ctx: Context) -> Callable[[], float]:
         def run() -> float:
             start = time.perf_counter()
-            ctx.run_trials(specs, ctx.job(), ctx.store("lr"), "bench")
+            results = ctx.run_trials(specs, ctx.job(), ctx.store("lr"), "bench")
+            steps_run[:] = [r.steps_run for r in results]
             return time.perf_counter() - start
 
         return run
 
     console.print(f"device {job.device}; {os.cpu_count()} CPU cores; torch {torch.__version__}; {args.runs} runs each")
-    bare_s, trial_s = median_seconds(args.runs, lambda: bare_loop(job, steps, eval_every), trial)
-    sweep_s, sequential_s = median_seconds(args.runs, sweep(local), sweep(context(engine="sequential")))
+    sweep(local)()  # a first sweep warms up, and says which trials run how long (for the floor)
+    running = [sum(n > step for n in steps_run) for step in range(max(steps_run))]
+    # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
+    bare_s, trial_s, sweep_s, floor_s, sequential_s = median_seconds(
+        args.runs,
+        lambda: bare_loop(job, steps, eval_every),
+        trial,
+        sweep(local),
+        lambda: arithmetic_floor(job, running),
+        sweep(context(engine="sequential")),
+    )
     rows = [
         ("a", "one trial / bare PyTorch loop", trial_s / bare_s, 1.10, trial_s, bare_s),
         ("b", "16-rate sweep / one trial", sweep_s / trial_s, 3.5, sweep_s, trial_s),
+        ("b floor", "the sweep's fwd+bwd alone, by hand / one trial", floor_s / trial_s, None, floor_s, trial_s),
         ("b'", "16-rate sweep, sequential engine / one trial", sequential_s / trial_s, None, sequential_s, trial_s),
     ]
     if not args.no_ray:
