@@ -104,6 +104,7 @@ class TrialBatch:
         # All trainable weights of a trial in one row: the optimizer, the grad norm, clipping and
         # the per-trial rate each become one op over [trial, weight] instead of one per parameter.
         self.flat = torch.cat([stacked[name].detach().reshape(count, -1) for name in trainable], dim=1)
+        self.orders: dict[str, tuple[int, ...]] = {}  # memory order of each parameter's dims, see _store_like
         self._split_flat()
         # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
         self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in self.shapes}
@@ -131,9 +132,37 @@ class TrialBatch:
         self.params, self.grad_views, start = {}, [], 0
         for name, shape in self.shapes.items():
             end = start + math.prod(shape)
-            self.params[name] = self.flat[:, start:end].view(-1, *shape).requires_grad_()
-            self.grad_views.append(self.flat_grad[:, start:end].view(-1, *shape))
+            order = self.orders.get(name, tuple(range(len(shape))))
+            stored = [shape[d] for d in order]
+            back = (0, *(1 + order.index(d) for d in range(len(shape))))  # stored order -> shape
+            self.params[name] = self.flat[:, start:end].view(-1, *stored).permute(back).requires_grad_()
+            self.grad_views.append(self.flat_grad[:, start:end].view(-1, *stored).permute(back))
             start = end
+
+    def _store_like(self, grads: tuple[torch.Tensor, ...]) -> None:
+        """Lay each parameter out in the memory order its gradient comes back in.
+
+        Under vmap, autograd returns an ``nn.Linear`` weight's gradient as a transposed view;
+        copying it into a row laid out as [out, in] is a strided transpose, the slowest step
+        of the batch on a CPU. Called after the first backward, before any optimizer state.
+        """
+        orders = {}
+        for (name, shape), grad in zip(self.shapes.items(), grads, strict=True):
+            order = tuple(sorted(range(len(shape)), key=lambda d: -grad.stride(d + 1)))
+            if grad.permute(0, *(1 + d for d in order)).is_contiguous():
+                orders[name] = order
+        if orders == self.orders:
+            return
+        rows = [
+            self.params[name]
+            .detach()
+            .permute(0, *(1 + d for d in orders.get(name, range(len(shape)))))
+            .reshape(len(self.flat), -1)
+            for name, shape in self.shapes.items()
+        ]
+        self.orders = orders
+        self.flat.data = torch.cat(rows, dim=1)
+        self._split_flat()
 
     def _loss(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return functional_call(self.bound, {**params, **shared}, (partial(training_loss, self.workload), batch))
@@ -167,6 +196,8 @@ class TrialBatch:
             # Trials are independent, so the gradient of the summed loss with respect to a
             # trial's row is the gradient of that trial's own loss.
             grads = torch.autograd.grad(loss.sum(), list(self.params.values()), materialize_grads=True)
+            if step == 0:
+                self._store_like(grads)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
             norms = torch.linalg.vector_norm(self.flat_grad, dim=1)  # get_total_norm, per trial
