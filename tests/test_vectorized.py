@@ -103,6 +103,20 @@ def test_diverged_and_finished_trials_leave_the_batch_at_once():
     assert batch.optimizer.state[batch.flat]["momentum_buffer"].shape[0] == 0  # and its optimizer state
 
 
+def test_weights_are_laid_out_as_their_gradients_come_back_so_the_copy_is_straight():
+    batch = TrialBatch(
+        [spec(0, 0.05, steps=3), spec(1, 0.05, steps=6)], MLP(0), OptimizerConfig(name="adam"), DETECT, CPU
+    )
+    runs = batch.run()
+    next(runs)  # the short trial's result; the long one is still in the batch
+    loss = batch.losses_of(batch.params, batch.shared, next(iter(batch.workload.train_data)))
+    grads = torch.autograd.grad(loss.sum(), list(batch.params.values()))
+    assert any(not g.is_contiguous() for g in grads)  # a Linear weight's gradient is transposed under vmap
+    for view, grad in zip(batch.grad_views, grads, strict=True):
+        assert view.stride()[1:] == grad.stride()[1:]  # within a trial's row, the same order
+    assert [r.steps_run for r in runs] == [6]
+
+
 def test_results_carry_the_diverged_step_and_all_their_evals():
     optimizer = OptimizerConfig(name="momentum")
     trials = [spec(0, 0.05), spec(1, 50.0)]
