@@ -141,6 +141,12 @@ def test_batches_group_by_seed_eval_cadence_and_clip_kind():
     assert [len(b) for b in plan_batches([spec(i, 0.1) for i in range(5)], max_batch=2)] == [2, 2, 1]
 
 
+def test_weights_of_several_dtypes_cannot_share_a_row():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2).double())
+    assert "mix dtypes (float32, float64)" in why_not_vectorizable(model)
+    assert why_not_vectorizable(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))) is None
+
+
 def test_batchnorm_falls_back_to_one_at_a_time_with_a_reason():
     cnn = resolve_factory(WorkloadConfig(name="cnn", args={"channels": 4}, batch_size=16))
     assert "BatchNorm2d" in why_not_vectorizable(cnn(0).model)

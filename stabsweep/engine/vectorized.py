@@ -10,11 +10,11 @@ The optimizer is torch.optim's own, not a re-implementation. One optimizer holds
 weights with ``lr = 1``; after its step, each trial's weights are moved to
 ``before + lr_i · (after − before)``. That is exact because in torch.optim's formulations of
 every optimizer stabsweep names, the state (momentum, moment estimates, squared-gradient
-sums) never depends on the learning rate, the step is elementwise (so rows of weights may be
-concatenated) and linear in the rate: SGD, RMSprop, Adam,
-AdamW and NAdam (whose decoupled decay ``p·(1 − lr·wd)`` is linear too) and Adagrad, whose
-``lr_decay`` divides the rate by ``1 + (step − 1)·lr_decay``, still linear in ``lr``.
-``tests/test_vectorized.py`` checks each against the same trial run alone.
+sums) never depends on the learning rate, the step is elementwise (so a trial's weights may
+share one row) and linear in the rate: SGD, RMSprop, Adam, AdamW and NAdam (whose decoupled
+decay ``p·(1 − lr·wd)`` is linear too) and Adagrad, whose ``lr_decay`` divides the rate by
+``1 + (step − 1)·lr_decay``, still linear in ``lr``. ``tests/test_vectorized.py`` checks each
+against the same trial run alone.
 
 A trial that diverges or reaches its last step is written out at once and its rows are cut
 out of the parameters, the optimizer state and the clipping state ("compaction"), so the
@@ -60,7 +60,11 @@ class NotVectorizable(Exception):
 
 
 def why_not_vectorizable(model: nn.Module) -> str | None:
-    """A reason known before running: layers whose training step mutates shared state."""
+    """A reason known before running: layers whose training step mutates shared state, or
+    trainable weights of several dtypes, which one row of weights per trial cannot hold."""
+    dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+    if len(dtypes) > 1:
+        return f"its trainable parameters mix dtypes ({', '.join(sorted(dtypes))})"
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             return (
@@ -104,7 +108,8 @@ class TrialBatch:
         # All trainable weights of a trial in one row: the optimizer, the grad norm, clipping and
         # the per-trial rate each become one op over [trial, weight] instead of one per parameter.
         self.flat = torch.cat([stacked[name].detach().reshape(count, -1) for name in trainable], dim=1)
-        self.orders: dict[str, tuple[int, ...]] = {}  # memory order of each parameter's dims, see _store_like
+        # The memory order of each parameter's dims within its slice of the row: see _store_like.
+        self.orders = {name: tuple(range(len(shape))) for name, shape in self.shapes.items()}
         self._split_flat()
         # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
         self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in self.shapes}
@@ -132,7 +137,7 @@ class TrialBatch:
         self.params, self.grad_views, start = {}, [], 0
         for name, shape in self.shapes.items():
             end = start + math.prod(shape)
-            order = self.orders.get(name, tuple(range(len(shape))))
+            order = self.orders[name]
             stored = [shape[d] for d in order]
             back = (0, *(1 + order.index(d) for d in range(len(shape))))  # stored order -> shape
             self.params[name] = self.flat[:, start:end].view(-1, *stored).permute(back).requires_grad_()
@@ -146,19 +151,16 @@ class TrialBatch:
         copying it into a row laid out as [out, in] is a strided transpose, the slowest step
         of the batch on a CPU. Called after the first backward, before any optimizer state.
         """
-        orders = {}
-        for (name, shape), grad in zip(self.shapes.items(), grads, strict=True):
-            order = tuple(sorted(range(len(shape)), key=lambda d: -grad.stride(d + 1)))
+        orders = dict(self.orders)
+        for name, grad in zip(self.shapes, grads, strict=True):
+            order = tuple(sorted(range(grad.dim() - 1), key=lambda d: -grad.stride(d + 1)))
             if grad.permute(0, *(1 + d for d in order)).is_contiguous():
                 orders[name] = order
         if orders == self.orders:
             return
+        count = len(self.flat)
         rows = [
-            self.params[name]
-            .detach()
-            .permute(0, *(1 + d for d in orders.get(name, range(len(shape)))))
-            .reshape(len(self.flat), -1)
-            for name, shape in self.shapes.items()
+            self.params[name].detach().permute(0, *(1 + d for d in orders[name])).reshape(count, -1) for name in orders
         ]
         self.orders = orders
         self.flat.data = torch.cat(rows, dim=1)
