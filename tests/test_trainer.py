@@ -10,6 +10,7 @@ from stabsweep.config.schema import ClipConfig, DetectConfig, OptimizerConfig, S
 from stabsweep.engine.trial import TrialSpec, TrialStatus
 from stabsweep.training.trainer import train_trial
 from stabsweep.workloads import Workload, resolve_factory
+from tests.reference import dropout_workload, plain_losses
 
 MLP = resolve_factory(WorkloadConfig(name="mlp", args={"hidden": 16, "depth": 1}, batch_size=32))
 CPU = torch.device("cpu")
@@ -52,6 +53,15 @@ def test_matches_a_plain_pytorch_loop():
     assert result.status is TrialStatus.OK
     assert [e["step"] for e in result.evals] == [0, 10, 20, 30, 40, 50, 60]
     assert 0 <= result.evals[-1]["eval_accuracy"] <= 1
+
+
+def test_evals_leave_the_random_state_of_training_alone():
+    # Each pass over the eval loader draws a seed from the RNG dropout uses; were that draw
+    # left in, the masks after every eval would differ from a plain loop's without evals.
+    spec = TrialSpec(0, 1e-3, 0, 30, eval_every=5, schedule=ScheduleConfig())
+    result = train_trial(spec, dropout_workload, OptimizerConfig(name="adam"), DetectConfig(), CPU)
+    np.testing.assert_allclose(result.steps.train_loss, plain_losses(dropout_workload(0), 1e-3, 30), rtol=1e-6)
+    assert [e["step"] for e in result.evals] == [0, 5, 10, 15, 20, 25, 30]
 
 
 def test_diverged_trial_stops_at_the_bad_step():

@@ -23,6 +23,7 @@ from stabsweep.engine.vectorized import TrialBatch, why_not_vectorizable
 from stabsweep.training.optimizers import OPTIMIZERS
 from stabsweep.training.trainer import train_trial
 from stabsweep.workloads import resolve_factory
+from tests.reference import dropout_workload, plain_losses
 
 MLP = resolve_factory(WorkloadConfig(name="mlp", args={"hidden": 32, "depth": 2}, batch_size=32))
 CPU = torch.device("cpu")
@@ -216,6 +217,13 @@ def test_dropout_masks_follow_the_trial_alone(tmp_path):
     for result in run_trials([spec(0, 1e-3), spec(1, 3e-3)], TrialJob(factory, optimizer, DETECT, "cpu")):
         assert result.engine == "vectorized"
         assert_same_trial(result, alone(result.spec, optimizer, factory))
+
+
+def test_a_batch_with_dropout_and_evals_is_the_plain_loop_without_evals():
+    trials = [spec(0, 1e-3), spec(1, 3e-3)]  # evals at steps 0, 10, 20, 30
+    for result in TrialBatch(trials, dropout_workload(0), OptimizerConfig(name="adam"), DETECT, CPU).run():
+        reference = plain_losses(dropout_workload(0), result.spec.lr, 20)
+        np.testing.assert_allclose(result.steps.train_loss[:20], reference, rtol=1e-5)
 
 
 def test_sequential_engine_is_the_single_trial_trainer():

@@ -46,6 +46,7 @@ from stabsweep.training.trainer import (
     batch_size_of,
     batches_forever,
     eval_record,
+    evaluating,
     lr_schedule,
     place_data,
     to_device,
@@ -259,25 +260,23 @@ class TrialBatch:
             self.clipper.keep(index)
         return active[mask], rows[index]
 
-    @torch.no_grad()
     def _record_evals(self, step: int, active: np.ndarray, evals: list[list[dict[str, float]]]) -> None:
         data = self.workload.eval_data
         if data is None:
             for i in active:
                 evals[i].append({"step": step, "eval_loss": math.nan})
             return
-        self.bound.eval()
         total = torch.zeros(len(active), device=self.device)
         correct = torch.zeros(len(active), device=self.device)
         count = 0
-        for batch in data:
-            if not self.eval_on_device:
-                batch = to_device(batch, self.device)
-            loss_sum, right = self.eval_batch(self.params, self.shared, batch)
-            total += loss_sum
-            correct += right
-            count += batch_size_of(batch)
-        self.bound.train()
+        with evaluating(self.bound, self.device):
+            for batch in data:
+                if not self.eval_on_device:
+                    batch = to_device(batch, self.device)
+                loss_sum, right = self.eval_batch(self.params, self.shared, batch)
+                total += loss_sum
+                correct += right
+                count += batch_size_of(batch)
         for i, loss_sum, right in zip(active, total.tolist(), correct.tolist(), strict=True):
             evals[i].append(eval_record(step, loss_sum, right, count, self.eval_terms.classified))
 

@@ -14,6 +14,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,24 @@ class EvalTerms:
             return loss * n, torch.zeros_like(loss)
         self.num_classes = self.num_classes or outputs.shape[1]
         return loss * n, (outputs.argmax(1) == targets).sum().to(loss.dtype)
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode without gradients, leaving the random state as training left it.
+
+    Evaluating must not change training: a DataLoader without its own generator draws a seed
+    from the global RNG every time it is iterated, so without the fork every eval would shift
+    every later dropout mask, and a trial would depend on ``eval_every`` and differ from the
+    same training run without evals.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices, device_type="cuda"):
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train()
 
 
 def eval_record(step: int, total: Any, correct: Any, count: int, classified: bool) -> dict[str, float]:
@@ -262,7 +281,6 @@ class _Trial:
                     break
             if done % self.spec.eval_every == 0 or done == steps:
                 evals.append(self.evaluate(done))
-                self.model.train()
 
         steps_run = diverged_at or steps
         return trial_result(
@@ -277,21 +295,20 @@ class _Trial:
             evals,
         )
 
-    @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         """Mean eval loss over ``eval_data`` (and accuracy for classifiers); NaN without eval data."""
         data = self.workload.eval_data
         if data is None:
             return {"step": step, "eval_loss": math.nan}
-        self.model.eval()
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         count = 0
-        for batch in data:
-            if not self.eval_on_device:
-                batch = to_device(batch, self.device)
-            loss_sum, right = self.eval_terms(self.model, batch)
-            total += loss_sum
-            correct += right
-            count += batch_size_of(batch)
+        with evaluating(self.model, self.device):
+            for batch in data:
+                if not self.eval_on_device:
+                    batch = to_device(batch, self.device)
+                loss_sum, right = self.eval_terms(self.model, batch)
+                total += loss_sum
+                correct += right
+                count += batch_size_of(batch)
         return eval_record(step, total, correct, count, self.eval_terms.classified)
