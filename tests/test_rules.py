@@ -72,8 +72,15 @@ def test_stuck_at_chance_learned_nothing_even_after_a_big_drop():
     losses = np.concatenate([decline(9.0, math.log(10), 100), np.full(300, math.log(10))])
     verdict = judge(losses, DETECT, num_classes=10)
     assert verdict.status is TrialStatus.LEARNED_NOTHING
-    assert "chance" in verdict.reason
+    assert "at chance level ln 10" in verdict.reason
     assert judge(losses, DETECT, num_classes=None).status is TrialStatus.OK
+
+
+def test_a_loss_still_far_above_chance_is_said_to_be_above_it():
+    losses = decline(9.0, 7.5, 400)  # fell 17%, but a guess would do better
+    verdict = judge(losses, DETECT, num_classes=50)
+    assert verdict.status is TrialStatus.LEARNED_NOTHING
+    assert "above chance level ln 50" in verdict.reason
 
 
 def test_early_spike_that_recovers_is_unstable():

@@ -77,9 +77,10 @@ def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = No
     if num_classes and num_classes > 1:
         chance = math.log(num_classes)
         if final >= (1 - detect.chance_tolerance) * chance:
+            where = "above" if final > (1 + detect.chance_tolerance) * chance else "at"
             return Verdict(
                 TrialStatus.LEARNED_NOTHING,
-                f"final smoothed loss {final:.4g} at chance level ln {num_classes} = {chance:.4g}",
+                f"final smoothed loss {final:.4g} {where} chance level ln {num_classes} = {chance:.4g}",
             )
 
     early = _early_spike(losses, initial, detect)
