@@ -67,6 +67,20 @@ def test_a_batched_trial_matches_the_same_trial_alone(name):
     assert results[2].steps.clipped.any() and not results[0].steps.clipped.any()
 
 
+def test_each_trial_takes_the_step_of_its_own_rate_exactly():
+    rates = [1e-5, 1e-4, 0.5, 3.0]
+    batch = TrialBatch([spec(i, lr) for i, lr in enumerate(rates)], MLP(0), OptimizerConfig(name="sgd"), DETECT, CPU)
+    before = batch.flat.detach().double()
+    grad = torch.randn(batch.flat.shape, generator=torch.Generator().manual_seed(0))
+    batch.flat_grad.copy_(grad)
+    batch._step(torch.tensor(rates))
+    # Plain SGD moves by −lr·g: the rate each trial took is the least-squares fit of its move
+    # on −g (float32 rounding of each weight averages out over the row; a bias does not).
+    moved, g = batch.flat.detach().double() - before, grad.double()
+    taken = -(moved * g).sum(1) / (g * g).sum(1)
+    np.testing.assert_allclose(taken.numpy(), rates, rtol=2e-4)
+
+
 def test_adagrad_lr_decay_is_still_linear_in_the_rate():
     optimizer = OptimizerConfig(name="adagrad", lr_decay=0.05)
     trials = [spec(0, 1e-3), spec(1, 1e-2)]
