@@ -1,9 +1,9 @@
 """One trial, start to finish: build the workload, train, record every step, judge.
 
-The loop is the hot path. Per-step metrics go into preallocated tensors on the model's
-device and reach the host in chunks (every step on the CPU, where a read is free; every
-``GPU_SYNC_EVERY`` steps on a GPU), the learning rate comes from a table computed once, and
-the clipping threshold is decided on the device. The divergence rule runs on each chunk, so
+The loop is the hot path. On the CPU each step's loss is read at once (cheaper than
+buffering it); on a GPU per-step metrics go into preallocated tensors on the device and reach
+the host every ``GPU_SYNC_EVERY`` steps. The learning rate comes from a table computed once,
+and the clipping threshold is decided on the device. The divergence rule runs on each chunk, so
 a diverging trial stops at the first bad step (on a GPU, at most one chunk later, with its
 records cut at the bad step).
 """
@@ -29,7 +29,7 @@ from stabsweep.training.optimizers import build_optimizer
 from stabsweep.training.schedules import lr_table
 from stabsweep.workloads.base import Workload
 
-CPU_SYNC_EVERY = 1  # a host read of a CPU tensor is free: judge every step
+CPU_SYNC_EVERY = 1  # a host read of a CPU tensor costs next to nothing: judge every step
 GPU_SYNC_EVERY = 32  # on a GPU, read step metrics in chunks to avoid a stall per step
 
 
@@ -247,6 +247,9 @@ class _Trial:
         evals = [self.evaluate(0)]
         diverged_at: int | None = None
         synced = 0
+        # Every step on the CPU, where reading a loss costs less than buffering it; in chunks
+        # on a GPU, where each read would stall the device.
+        read_now = self.sync_every == 1
         self.model.train()
         for step in range(steps):
             group["lr"] = lrs[step]
@@ -257,7 +260,10 @@ class _Trial:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = total_norm([p.grad for p in self.params if p.grad is not None])
-            loss_buf[step] = loss.detach()
+            if read_now:
+                losses[step] = loss.item()
+            else:
+                loss_buf[step] = loss.detach()
             norm_buf[step] = norm
             if self.clipper is not None:
                 threshold = self.clipper.threshold(norm.reshape(1), step)[0]
@@ -266,16 +272,16 @@ class _Trial:
             self.optimizer.step()
 
             done = step + 1
-            if done - synced >= self.sync_every or done == steps:
+            if read_now:  # one fresh loss: plain floats beat numpy calls
+                value = losses[step]
+                if not math.isfinite(value) or value > self.detect.divergence_factor * losses[0]:
+                    diverged_at = done
+                    break
+            elif done - synced >= self.sync_every or done == steps:
                 losses[synced:done] = loss_buf[synced:done].cpu().numpy()
-                if done - synced == 1:  # one fresh loss (the CPU path): plain floats beat numpy calls
-                    value = losses[step]
-                    diverged = not math.isfinite(value) or value > self.detect.divergence_factor * losses[0]
-                    diverged_at = done if diverged else None
-                else:
-                    diverged_at = divergence_step(
-                        losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
-                    )
+                diverged_at = divergence_step(
+                    losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
+                )
                 synced = done
                 if diverged_at is not None:
                     break
