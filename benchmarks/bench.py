@@ -163,6 +163,7 @@ def main() -> int:
     console.print(f"device {job.device}; {os.cpu_count()} CPU cores; torch {torch.__version__}; {args.runs} runs each")
     sweep(local)()  # a first sweep warms up, and says which trials run how long (for the floor)
     running = [sum(n > step for n in steps_run) for step in range(max(steps_run))]
+    console.print(f"the 16-rate sweep ran {sum(steps_run):,} trial-steps ({len(steps_run)} trials)")
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
     bare_s, trial_s, sweep_s, floor_s, sequential_s = median_seconds(
         args.runs,
