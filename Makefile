@@ -28,12 +28,12 @@ test: setup lint  ## the whole suite, end-to-end runs included
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check stabsweep tests benchmarks
-	$(VENV)/bin/ruff format --check stabsweep tests benchmarks
+	$(VENV)/bin/ruff check stabsweep tests benchmarks examples
+	$(VENV)/bin/ruff format --check stabsweep tests benchmarks examples
 
 format: setup
-	$(VENV)/bin/ruff format stabsweep tests benchmarks
-	$(VENV)/bin/ruff check --fix stabsweep tests benchmarks
+	$(VENV)/bin/ruff format stabsweep tests benchmarks examples
+	$(VENV)/bin/ruff check --fix stabsweep tests benchmarks examples
 
 bench: setup  ## the engine's speed ratios, measured in one run; written to runs/bench/bench.csv
 	$(PY) benchmarks/bench.py
