@@ -7,38 +7,13 @@ import torch
 from torch import nn
 from torch.nn.utils import get_total_norm
 
-from stabsweep import Workload
 from stabsweep.config.schema import DetectConfig, OptimizerConfig, ScheduleConfig
 from stabsweep.engine.trial import TrialSpec
 from stabsweep.training.gradients import FlatGrads
 from stabsweep.training.trainer import train_trial
-from tests.reference import dropout_workload
+from tests.reference import sometimes_extra
 
 CPU = torch.device("cpu")
-
-
-def sometimes_extra(models: list[nn.Module]):
-    """A factory whose loss uses the ``extra`` layer on even steps only (an MoE-like pattern);
-    it keeps each model it builds in ``models`` so a test can read the weights afterwards."""
-
-    def build(seed: int) -> Workload:
-        base = dropout_workload(seed)
-        torch.manual_seed(seed)
-        model = nn.ModuleDict({"main": nn.Linear(8, 3), "extra": nn.Linear(8, 3)})
-        models.append(model)
-        calls = [0]
-
-        def loss(model, batch):
-            inputs, targets = batch
-            outputs = model["main"](inputs)
-            if calls[0] % 2 == 0:
-                outputs = outputs + model["extra"](inputs)
-            calls[0] += model.training  # eval passes do not count
-            return nn.functional.cross_entropy(outputs, targets)
-
-        return Workload(model=model, train_data=base.train_data, loss=loss)
-
-    return build
 
 
 def test_a_parameter_left_out_of_a_step_is_skipped_as_in_a_plain_loop():

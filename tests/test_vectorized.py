@@ -23,7 +23,7 @@ from stabsweep.engine.vectorized import TrialBatch, why_not_vectorizable
 from stabsweep.training.optimizers import OPTIMIZERS
 from stabsweep.training.trainer import train_trial
 from stabsweep.workloads import resolve_factory
-from tests.reference import dropout_workload, plain_losses
+from tests.reference import EvalHead, dropout_workload, eval_head_workload, plain_losses, sometimes_extra
 
 MLP = resolve_factory(WorkloadConfig(name="mlp", args={"hidden": 32, "depth": 2}, batch_size=32))
 CPU = torch.device("cpu")
@@ -238,6 +238,30 @@ def test_a_batch_with_dropout_and_evals_is_the_plain_loop_without_evals():
     for result in TrialBatch(trials, dropout_workload(0), OptimizerConfig(name="adam"), DETECT, CPU).run():
         reference = plain_losses(dropout_workload(0), result.spec.lr, 20)
         np.testing.assert_allclose(result.steps.train_loss[:20], reference, rtol=1e-5)
+
+
+def test_a_parameter_training_never_reaches_is_left_alone_as_in_a_plain_loop():
+    # AdamW's decoupled decay would shrink the eval head if it were stepped with a zero
+    # gradient; a plain loop skips it, so the evals, which use it, tell the two apart.
+    optimizer = OptimizerConfig(name="adamw", weight_decay=0.5)
+    batch = TrialBatch([spec(0, 1e-2), spec(1, 3e-2)], eval_head_workload(0), optimizer, DETECT, CPU)
+    for result in batch.run():
+        single = alone(result.spec, optimizer, eval_head_workload)
+        assert_same_trial(result, single)
+        evals = [e["eval_loss"] for e in result.evals]
+        np.testing.assert_allclose(evals, [e["eval_loss"] for e in single.evals], rtol=1e-5)
+    assert batch.dormant == ["model.eval_head.weight", "model.eval_head.bias"]
+    assert batch.flat.shape[1] == sum(p.numel() for p in EvalHead().parameters()) - 32 * 3 - 3
+
+
+def test_a_parameter_reached_in_some_steps_only_runs_the_batch_one_at_a_time():
+    factory = sometimes_extra([])  # the extra layer is used on even steps only
+    optimizer = OptimizerConfig(name="adam")  # counts steps per parameter: a shared row cannot skip one
+    results = list(run_trials([spec(0, 1e-2), spec(1, 3e-2)], TrialJob(factory, optimizer, DETECT, "cpu")))
+    assert [r.engine for r in results] == ["sequential", "sequential"]
+    assert all("'extra.weight' gets a gradient in some steps and not in others" in r.fallback for r in results)
+    for result in results:
+        np.testing.assert_array_equal(result.steps.train_loss, alone(result.spec, optimizer, factory).steps.train_loss)
 
 
 def test_sequential_engine_is_the_single_trial_trainer():

@@ -19,6 +19,12 @@ against the same trial run alone.
 A trial that diverges or reaches its last step is written out at once and its rows are cut
 out of the parameters, the optimizer state and the clipping state ("compaction"), so the
 rest of the batch stops paying for it.
+
+A parameter the first backward does not reach (an unused head, say) is left out of the rows
+and kept at its initial value, as a plain loop's optimizer skips a parameter whose ``grad`` is
+None. One that is reached in some steps and not in others cannot be skipped step by step in a
+shared row of optimizer state (Adam counts steps per parameter), so the batch stops and its
+remaining trials run one at a time.
 """
 
 from __future__ import annotations
@@ -109,12 +115,15 @@ class TrialBatch:
         # All trainable weights of a trial in one row: the optimizer, the grad norm, clipping and
         # the per-trial rate each become one op over [trial, weight] instead of one per parameter.
         self.flat = torch.cat([stacked[name].detach().reshape(count, -1) for name in trainable], dim=1)
-        # The memory order of each parameter's dims within its slice of the row: see _store_like.
+        # The memory order of each parameter's dims within its slice of the row: see _settle.
         self.orders = {name: tuple(range(len(shape))) for name, shape in self.shapes.items()}
         self._split_flat()
         # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
         self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in self.shapes}
         self.shared.update(dict(self.bound.named_buffers()))
+        # Trainable parameters the first backward did not reach: shared, at their initial value,
+        # and still differentiated, so a step that does reach them is noticed.
+        self.dormant: list[str] = []
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
         self.lr_tables = [lr_schedule(s) for s in specs]
@@ -145,27 +154,55 @@ class TrialBatch:
             self.grad_views.append(self.flat_grad[:, start:end].view(-1, *stored).permute(back))
             start = end
 
-    def _store_like(self, grads: tuple[torch.Tensor, ...]) -> None:
-        """Lay each parameter out in the memory order its gradient comes back in.
+    def _settle(self, grads: tuple[torch.Tensor | None, ...]) -> list[torch.Tensor]:
+        """Fix the rows' layout from the first backward, before any optimizer state exists.
 
-        Under vmap, autograd returns an ``nn.Linear`` weight's gradient as a transposed view;
-        copying it into a row laid out as [out, in] is a strided transpose, the slowest step
-        of the batch on a CPU. Called after the first backward, before any optimizer state.
+        A parameter with no gradient becomes dormant: out of the rows, so neither the optimizer
+        nor weight decay touches it, as in a plain loop. The others are laid out in the memory
+        order their gradients come back in: under vmap, autograd returns an ``nn.Linear``
+        weight's gradient as a transposed view, and copying it into a row laid out as
+        [out, in] is a strided transpose, the slowest step of the batch on a CPU.
         """
-        orders = dict(self.orders)
-        for name, grad in zip(self.shapes, grads, strict=True):
+        reached = {name: grad for name, grad in zip(self.shapes, grads, strict=True) if grad is not None}
+        if not reached:
+            raise NotVectorizable("no trainable parameter gets a gradient at the first step")
+        orders = {}
+        for name, grad in reached.items():
             order = tuple(sorted(range(grad.dim() - 1), key=lambda d: -grad.stride(d + 1)))
-            if grad.permute(0, *(1 + d for d in order)).is_contiguous():
-                orders[name] = order
-        if orders == self.orders:
-            return
-        count = len(self.flat)
-        rows = [
-            self.params[name].detach().permute(0, *(1 + d for d in orders[name])).reshape(count, -1) for name in orders
-        ]
-        self.orders = orders
-        self.flat.data = torch.cat(rows, dim=1)
-        self._split_flat()
+            contiguous = grad.permute(0, *(1 + d for d in order)).is_contiguous()
+            orders[name] = order if contiguous else self.orders[name]
+        if orders != self.orders:
+            for name in [name for name in self.shapes if name not in reached]:
+                self.shared[name] = self.params[name][0].detach().clone().requires_grad_()
+                self.dormant.append(name)
+            count = len(self.flat)
+            rows = [
+                self.params[name].detach().permute(0, *(1 + d for d in orders[name])).reshape(count, -1)
+                for name in orders
+            ]
+            self.shapes = {name: self.shapes[name] for name in orders}
+            self.orders = orders
+            self.flat.data = torch.cat(rows, dim=1)  # the same tensor object the optimizer holds
+            self._split_flat()
+        return list(reached.values())
+
+    def _gradients(self, loss: torch.Tensor, step: int) -> list[torch.Tensor]:
+        """Every trial's gradients, one tensor per parameter in the rows. Trials are independent,
+        so the gradient of the summed loss with respect to a trial's row is that of its own loss."""
+        inputs = [*self.params.values(), *(self.shared[name] for name in self.dormant)]
+        grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True)
+        if step == 0:
+            return self._settle(grads)
+        rows = len(self.params)
+        if any(grad is None for grad in grads[:rows]) or any(grad is not None for grad in grads[rows:]):
+            names = [*self.params, *self.dormant]
+            flips = [name for name, grad in zip(names, grads, strict=True) if (grad is None) != (name in self.dormant)]
+            name = flips[0].removeprefix("model.")
+            raise NotVectorizable(
+                f"parameter '{name}' gets a gradient in some steps and not in others (first change at step "
+                f"{step + 1}); torch.optim skips it when it has none, which one row of optimizer state per trial cannot"
+            )
+        return list(grads[: len(self.params)])
 
     def _loss(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return functional_call(self.bound, {**params, **shared}, (partial(training_loss, self.workload), batch))
@@ -196,11 +233,7 @@ class TrialBatch:
             if not self.data_on_device:
                 batch = to_device(batch, device)
             loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
-            # Trials are independent, so the gradient of the summed loss with respect to a
-            # trial's row is the gradient of that trial's own loss.
-            grads = torch.autograd.grad(loss.sum(), list(self.params.values()), materialize_grads=True)
-            if step == 0:
-                self._store_like(grads)
+            grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
             norms = torch.linalg.vector_norm(self.flat_grad, dim=1)  # get_total_norm, per trial
