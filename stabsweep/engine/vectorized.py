@@ -115,15 +115,15 @@ class TrialBatch:
         # All trainable weights of a trial in one row: the optimizer, the grad norm, clipping and
         # the per-trial rate each become one op over [trial, weight] instead of one per parameter.
         self.flat = torch.cat([stacked[name].detach().reshape(count, -1) for name in trainable], dim=1)
+        # Trainable parameters the first backward did not reach: shared, at their initial value,
+        # and still differentiated, so a step that does reach them is noticed.
+        self.dormant: list[str] = []
         # The memory order of each parameter's dims within its slice of the row: see _settle.
         self.orders = {name: tuple(range(len(shape))) for name, shape in self.shapes.items()}
         self._split_flat()
         # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
         self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in self.shapes}
         self.shared.update(dict(self.bound.named_buffers()))
-        # Trainable parameters the first backward did not reach: shared, at their initial value,
-        # and still differentiated, so a step that does reach them is noticed.
-        self.dormant: list[str] = []
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
         self.lr_tables = [lr_schedule(s) for s in specs]
@@ -153,6 +153,8 @@ class TrialBatch:
             self.params[name] = self.flat[:, start:end].view(-1, *stored).permute(back).requires_grad_()
             self.grad_views.append(self.flat_grad[:, start:end].view(-1, *stored).permute(back))
             start = end
+        # What backward differentiates: the rows, and the dormant parameters, to notice a step that reaches one.
+        self.grad_inputs = [*self.params.values(), *(self.shared[name] for name in self.dormant)]
 
     def _settle(self, grads: tuple[torch.Tensor | None, ...]) -> list[torch.Tensor]:
         """Fix the rows' layout from the first backward, before any optimizer state exists.
@@ -189,8 +191,7 @@ class TrialBatch:
     def _gradients(self, loss: torch.Tensor, step: int) -> list[torch.Tensor]:
         """Every trial's gradients, one tensor per parameter in the rows. Trials are independent,
         so the gradient of the summed loss with respect to a trial's row is that of its own loss."""
-        inputs = [*self.params.values(), *(self.shared[name] for name in self.dormant)]
-        grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True)
+        grads = torch.autograd.grad(loss.sum(), self.grad_inputs, allow_unused=True)
         if step == 0:
             return self._settle(grads)
         rows = len(self.params)
