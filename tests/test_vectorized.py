@@ -10,11 +10,13 @@ or batched, so no bar holds there.
 from __future__ import annotations
 
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from stabsweep import Workload
 from stabsweep.config.schema import ClipConfig, DetectConfig, OptimizerConfig, ScheduleConfig, WorkloadConfig
 from stabsweep.engine.executors import TrialJob
 from stabsweep.engine.runner import plan_batches, run_trials
@@ -205,6 +207,46 @@ def test_data_dependent_control_flow_falls_back(tmp_path):
     )
     assert all(r.engine == "sequential" and "data-dependent control flow" in r.fallback for r in results)
     assert all(r.status is not TrialStatus.FAILED for r in results)
+
+
+class SequenceClassifier(torch.nn.Module):
+    """A layer over sequences of 4 steps of 8 features, then a linear head."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "lstm":
+            self.layer = torch.nn.LSTM(8, 8, batch_first=True)
+        else:
+            self.layer = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, inputs):
+        if self.kind == "lstm":
+            return self.head(self.layer(inputs)[0][:, -1])
+        return self.head(self.layer(inputs, inputs, inputs, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize(
+    ("kind", "engine"),
+    [("lstm", "sequential"), ("attention", "vectorized")],  # vmap has no rule for LSTM; loops attention's CPU kernel
+)
+def test_ops_without_a_batching_rule(kind, engine):
+    def build(seed):
+        base = dropout_workload(seed)
+        torch.manual_seed(seed)
+        sequences = [(inputs.view(-1, 4, 2).repeat(1, 1, 4), targets) for inputs, targets in base.train_data]
+        return Workload(SequenceClassifier(kind), sequences, loss_fn=torch.nn.CrossEntropyLoss())
+
+    optimizer = OptimizerConfig(name="adam")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "performance drop" notice for the looped op
+        results = list(run_trials([spec(0, 1e-3), spec(1, 1e-2)], TrialJob(build, optimizer, DETECT, "cpu")))
+    for result in results:
+        assert result.engine == engine and result.status is not TrialStatus.FAILED
+        assert_same_trial(result, alone(result.spec, optimizer, build))
+    if engine == "sequential":
+        assert all("Batching rule not implemented for aten::lstm" in r.fallback for r in results)
 
 
 def test_dropout_masks_follow_the_trial_alone(tmp_path):
