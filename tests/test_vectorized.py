@@ -18,6 +18,7 @@ import torch
 
 from stabsweep import Workload
 from stabsweep.config.schema import ClipConfig, DetectConfig, OptimizerConfig, ScheduleConfig, WorkloadConfig
+from stabsweep.engine import vectorized
 from stabsweep.engine.executors import TrialJob
 from stabsweep.engine.runner import plan_batches, run_trials
 from stabsweep.engine.trial import TrialSpec, TrialStatus
@@ -50,6 +51,11 @@ def assert_same_trial(batched, single, steps=20, rtol=1e-5):
     np.testing.assert_allclose(batched.steps.grad_norm[:n], single.steps.grad_norm[:n], rtol=100 * rtol)
     np.testing.assert_allclose(batched.steps.clip_threshold[:n], single.steps.clip_threshold[:n], rtol=100 * rtol)
     np.testing.assert_array_equal(batched.steps.lr, single.steps.lr)
+    # Evaluated at the same steps as alone (not also where another trial of the batch ended).
+    assert [e["step"] for e in batched.evals] == [e["step"] for e in single.evals]
+    early = [i for i, e in enumerate(single.evals) if e["step"] <= n]
+    batched_early, single_early = ([evals[i]["eval_loss"] for i in early] for evals in (batched.evals, single.evals))
+    np.testing.assert_allclose(batched_early, single_early, rtol=rtol)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -118,6 +124,29 @@ def test_diverged_and_finished_trials_leave_the_batch_at_once():
     assert batch.steps_done == 40 and batch.flat.shape[0] == 0  # every trial's rows were cut out
     assert all(p.shape[0] == 0 for p in batch.params.values())
     assert batch.optimizer.state[batch.flat]["momentum_buffer"].shape[0] == 0  # and its optimizer state
+
+
+def test_chunked_sync_gives_the_records_of_a_batch_judged_every_step(monkeypatch):
+    """The GPU path reads losses every few steps; a trial diverged inside a chunk keeps
+    training in the batch until the read, but nothing of it past its diverged step survives."""
+    optimizer = OptimizerConfig(name="momentum")
+    trials = [spec(0, 0.05, steps=70), spec(1, 50.0, steps=70), spec(2, 0.05, steps=45)]  # eval every 10
+    per_step = {r.spec.trial_id: r for r in TrialBatch(trials, MLP(0), optimizer, DETECT, CPU).run()}
+    monkeypatch.setattr(vectorized, "CPU_SYNC_EVERY", 16)
+    batch = TrialBatch(trials, MLP(0), optimizer, DETECT, CPU)
+    assert batch.sync_every == 16
+    chunked = {r.spec.trial_id: r for r in batch.run()}
+    assert per_step[1].status is TrialStatus.DIVERGED and per_step[1].diverged_step < 16
+    for trial_id, result in chunked.items():
+        expected = per_step[trial_id]
+        assert (result.status, result.steps_run, result.diverged_step) == (
+            expected.status,
+            expected.steps_run,
+            expected.diverged_step,
+        )
+        np.testing.assert_array_equal(result.steps.train_loss, expected.steps.train_loss)
+        np.testing.assert_array_equal(result.steps.grad_norm, expected.steps.grad_norm)
+        assert result.evals == expected.evals
 
 
 def test_weights_are_laid_out_as_their_gradients_come_back_so_the_copy_is_straight():

@@ -261,8 +261,10 @@ class TrialBatch:
                     active, rows = self._keep(diverged == 0, active, rows)
             finishing = ends[active] == done if at_an_end else None
             ending = finishing is not None and finishing.any()
-            if done % eval_every == 0 or ending:
+            if done % eval_every == 0:
                 self._record_evals(done, active, evals)
+            elif ending:  # as alone, a trial is evaluated at its own last step, not at others'
+                self._record_evals(done, active, evals, due=finishing)
             if ending:
                 for i in np.flatnonzero(finishing):
                     yield self._result(active[i], done, start, losses, norm_buf, threshold_buf, evals)
@@ -296,11 +298,15 @@ class TrialBatch:
             self.clipper.keep(index)
         return active[mask], rows[index]
 
-    def _record_evals(self, step: int, active: np.ndarray, evals: list[list[dict[str, float]]]) -> None:
+    def _record_evals(
+        self, step: int, active: np.ndarray, evals: list[list[dict[str, float]]], due: np.ndarray | None = None
+    ) -> None:
+        """Evaluate every active trial (one vmapped pass) and record the result for rows ``due``."""
+        recorded = np.arange(len(active)) if due is None else np.flatnonzero(due)
         data = self.workload.eval_data
         if data is None:
-            for i in active:
-                evals[i].append({"step": step, "eval_loss": math.nan})
+            for row in recorded:
+                evals[active[row]].append({"step": step, "eval_loss": math.nan})
             return
         total = torch.zeros(len(active), device=self.device)
         correct = torch.zeros(len(active), device=self.device)
@@ -313,8 +319,9 @@ class TrialBatch:
                 total += loss_sum
                 correct += right
                 count += batch_size_of(batch)
-        for i, loss_sum, right in zip(active, total.tolist(), correct.tolist(), strict=True):
-            evals[i].append(eval_record(step, loss_sum, right, count, self.eval_terms.classified))
+        totals, rights = total.tolist(), correct.tolist()
+        for row in recorded:
+            evals[active[row]].append(eval_record(step, totals[row], rights[row], count, self.eval_terms.classified))
 
     def _result(
         self,
