@@ -203,7 +203,7 @@ class TrialBatch:
                 f"parameter '{name}' gets a gradient in some steps and not in others (first change at step "
                 f"{step + 1}); torch.optim skips it when it has none, which one row of optimizer state per trial cannot"
             )
-        return list(grads[: len(self.params)])
+        return list(grads[:rows])
 
     def _loss(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return functional_call(self.bound, {**params, **shared}, (partial(training_loss, self.workload), batch))
