@@ -8,7 +8,9 @@
 Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
 for the trials still running at that step, written as plain batched matrix products (no
 vmap, optimizer, clipping, records or evals) / one trial. No engine built on the same
-kernels can go below it on this machine, whatever its overheads.
+kernels can go below it on this machine, whatever its overheads. (b GEMMs) keeps only the
+floor's matrix products, and the run prints their speed beside one large product's, the most
+this machine's matrix products reach.
 
 Every timing runs in this process, on this machine, all of them interleaved in each round and
 the rounds repeated; each time is its median. The sweep includes writing its CSV files, as a real sweep does.
@@ -68,8 +70,7 @@ def bare_loop(job: TrialJob, steps: int, eval_every: int) -> float:
                 eval_loss = sum(workload.loss_fn(model(x), y) * len(x) for x, y in workload.eval_data)
                 float(eval_loss)  # the value is read, as the trial reads it
                 model.train()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -81,9 +82,11 @@ def arithmetic_floor(job: TrialJob, running: list[int]) -> float:
     the yardstick, not the tool.
     """
     workload = job.factory(0)
-    model = workload.model
+    device = torch.device(job.device)
+    model = workload.model.to(device)
     assert all(isinstance(m, torch.nn.Linear | torch.nn.ReLU) for m in model), "the quickstart is Linear/ReLU"
     layers = [m for m in model if isinstance(m, torch.nn.Linear)]
+    place_data(workload.train_data, device)
     batches = batches_forever(workload.train_data)
     start = time.perf_counter()
     count = 0
@@ -100,7 +103,54 @@ def arithmetic_floor(job: TrialJob, running: list[int]) -> float:
                 hidden = hidden.relu()
         loss = torch.nn.functional.cross_entropy(hidden.flatten(0, 1), targets.repeat(count), reduction="sum")
         torch.autograd.grad(loss / len(targets), weights + biases)
+    synchronize(device)
     return time.perf_counter() - start
+
+
+def matmul_floor(job: TrialJob, running: list[int]) -> tuple[float, float]:
+    """The matrix products of :func:`arithmetic_floor` alone: seconds, and the FLOPs they did.
+
+    Per layer and step: the forward product, the weight gradient's and, past the first layer,
+    the input gradient's, as ``bmm`` over the trials still running. Everything else a step does
+    (bias, ReLU, cross-entropy, the optimizer, records) is left out.
+    """
+    workload = job.factory(0)
+    device = torch.device(job.device)
+    batch = len(next(iter(workload.train_data))[1])
+    layers = [(m.in_features, m.out_features) for m in workload.model if isinstance(m, torch.nn.Linear)]
+    products = [((batch, i), (i, o)) for i, o in layers]  # forward
+    products += [((o, batch), (batch, i)) for i, o in layers]  # weight gradients
+    products += [((batch, o), (o, i)) for i, o in layers[1:]]  # input gradients
+    flops_per_trial = sum(2 * a[0] * a[1] * b[1] for a, b in products)
+    operands: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    start = time.perf_counter()
+    for trials in running:
+        if trials not in operands:
+            operands[trials] = [
+                (torch.randn(trials, *a, device=device), torch.randn(trials, *b, device=device)) for a, b in products
+            ]
+        for left, right in operands[trials]:
+            torch.bmm(left, right)
+    synchronize(device)
+    return time.perf_counter() - start, flops_per_trial * sum(running)
+
+
+def peak_gflops(device: torch.device) -> float:
+    """The device's float32 matrix-product speed on large products: what GEMMs can reach."""
+    size = 1024 if device.type == "cpu" else 8192
+    left, right = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    left @ right
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        left @ right
+    synchronize(device)
+    return 10 * 2 * size**3 / (time.perf_counter() - start) / 1e9
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def cpu_model() -> str:
@@ -165,18 +215,26 @@ def main() -> int:
     running = [sum(n > step for n in steps_run) for step in range(max(steps_run))]
     console.print(f"the 16-rate sweep ran {sum(steps_run):,} trial-steps ({len(steps_run)} trials)")
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
-    bare_s, trial_s, sweep_s, floor_s, sequential_s = median_seconds(
+    gemm_flops = matmul_floor(job, running)[1]
+    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s = median_seconds(
         args.runs,
         lambda: bare_loop(job, steps, eval_every),
         trial,
         sweep(local),
         lambda: arithmetic_floor(job, running),
+        lambda: matmul_floor(job, running)[0],
         sweep(context(engine="sequential")),
+    )
+    peak = peak_gflops(torch.device(job.device))
+    console.print(
+        f"the sweep's matrix products: {gemm_flops / 1e9:.0f} GFLOP at {gemm_flops / gemm_s / 1e9:.0f} GFLOP/s; "
+        f"one large product runs at {peak:.0f} GFLOP/s here"
     )
     rows = [
         ("a", "one trial / bare PyTorch loop", trial_s / bare_s, 1.10, trial_s, bare_s),
         ("b", "16-rate sweep / one trial", sweep_s / trial_s, 3.5, sweep_s, trial_s),
         ("b floor", "the sweep's fwd+bwd alone, by hand / one trial", floor_s / trial_s, None, floor_s, trial_s),
+        ("b GEMMs", "the sweep's matrix products alone / one trial", gemm_s / trial_s, None, gemm_s, trial_s),
         ("b'", "16-rate sweep, sequential engine / one trial", sequential_s / trial_s, None, sequential_s, trial_s),
     ]
     if not args.no_ray:
@@ -212,6 +270,8 @@ def main() -> int:
                 "over_seconds": round(den, 3),
                 "device": job.device,
                 "machine": machine,
+                "sweep_gemm_gflops": round(gemm_flops / gemm_s / 1e9, 1),
+                "peak_gemm_gflops": round(peak, 1),
                 "torch": torch.__version__,
                 "runs": args.runs,
                 "when": time.strftime("%Y-%m-%d %H:%M:%S"),

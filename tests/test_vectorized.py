@@ -23,6 +23,7 @@ from stabsweep.engine.executors import TrialJob
 from stabsweep.engine.runner import plan_batches, run_trials
 from stabsweep.engine.trial import TrialSpec, TrialStatus
 from stabsweep.engine.vectorized import TrialBatch, why_not_vectorizable
+from stabsweep.procedures.context import engine_notes
 from stabsweep.training.optimizers import OPTIMIZERS
 from stabsweep.training.trainer import train_trial
 from stabsweep.workloads import resolve_factory
@@ -268,14 +269,47 @@ def test_ops_without_a_batching_rule(kind, engine):
         return Workload(SequenceClassifier(kind), sequences, loss_fn=torch.nn.CrossEntropyLoss())
 
     optimizer = OptimizerConfig(name="adam")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's "performance drop" notice for the looped op
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
         results = list(run_trials([spec(0, 1e-3), spec(1, 1e-2)], TrialJob(build, optimizer, DETECT, "cpu")))
     for result in results:
         assert result.engine == engine and result.status is not TrialStatus.FAILED
         assert_same_trial(result, alone(result.spec, optimizer, build))
     if engine == "sequential":
         assert all("Batching rule not implemented for aten::lstm" in r.fallback for r in results)
+    else:  # the looped op is named on the results, in place of torch's raw warning
+        assert all(r.looped_ops and all("attention" in op for op in r.looped_ops) for r in results)
+        assert not [w for w in raw if "performance drop" in str(w.message)]
+
+
+def test_a_looped_op_is_told_in_one_line_and_other_warnings_pass():
+    class Warns(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = SequenceClassifier("attention")
+
+        def forward(self, inputs):
+            warnings.warn("the model's own warning", UserWarning, stacklevel=1)
+            return self.attention(inputs)
+
+    def build(seed):
+        base = dropout_workload(seed)
+        torch.manual_seed(seed)
+        sequences = [(inputs.view(-1, 4, 2).repeat(1, 1, 4), targets) for inputs, targets in base.train_data]
+        return Workload(Warns(), sequences, loss_fn=torch.nn.CrossEntropyLoss())
+
+    job = TrialJob(build, OptimizerConfig(name="adam"), DETECT, "cpu")
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        results = list(run_trials([spec(0, 1e-3), spec(1, 1e-2)], job))
+    assert [str(w.message) for w in raw if "performance drop" in str(w.message)] == []
+    assert "the model's own warning" in {str(w.message) for w in raw}
+    notes = engine_notes(results[0])
+    assert notes == [
+        f"vmap has no batching rule for {results[0].looped_ops[0]}: the batch runs that op trial by trial "
+        "(same results, less speed-up)"
+    ]
+    assert "attention" in results[0].looped_ops[0]
 
 
 def test_dropout_masks_follow_the_trial_alone(tmp_path):

@@ -61,7 +61,7 @@ def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> 
         trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device)
         for result in trials.run():
             finished.add(result.spec.trial_id)
-            yield dataclasses.replace(result, engine="vectorized")
+            yield result
         return
     except NotVectorizable as exc:
         reason = str(exc)

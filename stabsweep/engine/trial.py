@@ -67,6 +67,7 @@ class TrialResult:
     evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "eval_loss", ...}
     engine: str = "sequential"  # "vectorized" when it ran in a batch of trials
     fallback: str | None = None  # why a trial meant for a batch ran alone
+    looped_ops: tuple[str, ...] = ()  # ops its batch ran trial by trial: vmap has no batching rule for them
 
     def row(self) -> dict[str, Any]:
         """The trials.csv row (DESIGN §4)."""

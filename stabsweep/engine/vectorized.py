@@ -29,9 +29,13 @@ remaining trials run one at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -64,6 +68,27 @@ from stabsweep.workloads.base import Workload
 
 class NotVectorizable(Exception):
     """The model cannot run under vmap; the message says why, in one line."""
+
+
+# vmap's warning for an op it has no batching rule for and runs trial by trial instead.
+_LOOPED_OP_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
+_LOOPED_OP = re.compile(re.escape(_LOOPED_OP_WARNING) + r" for (\S+?)\. ")
+
+
+@contextmanager
+def noting_looped_ops(looped: set[str]) -> Iterator[None]:
+    """Collect the ops vmap loops over into ``looped`` instead of letting torch print its raw
+    warning (a file path and a request to file an issue, once per op and call site); the
+    engine says it in one line. Any other warning is passed on as it was raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        found = _LOOPED_OP.match(str(warning.message))
+        if found:
+            looped.add(found.group(1))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def why_not_vectorizable(model: nn.Module) -> str | None:
@@ -138,6 +163,10 @@ class TrialBatch:
         self.eval_on_device = place_data(workload.eval_data, device)
         self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
         self.steps_done = 0  # how far the batch got; 0 means no update was applied yet
+        # Ops vmap loops over, noted at the first eval and the first step (where every op a
+        # model uses in eval and in training mode first runs). Later repeats are not printed.
+        self.looped_ops: set[str] = set()
+        warnings.filterwarnings("ignore", message=_LOOPED_OP_WARNING, category=UserWarning)
 
     def _split_flat(self) -> None:
         """Per-parameter views [trial, *shape] of the flat weights (the model's inputs, which
@@ -225,7 +254,8 @@ class TrialBatch:
         end_steps = set(ends.tolist())  # the steps at which some trial finishes, known up front
         eval_every = specs[0].eval_every
         evals: list[list[dict[str, float]]] = [[] for _ in specs]
-        self._record_evals(0, active, evals)
+        with noting_looped_ops(self.looped_ops):
+            self._record_evals(0, active, evals)
         batches = batches_forever(self.workload.train_data)
         synced = 0
         self.bound.train()
@@ -233,7 +263,11 @@ class TrialBatch:
             batch = next(batches)
             if not self.data_on_device:
                 batch = to_device(batch, device)
-            loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
+            if step == 0:
+                with noting_looped_ops(self.looped_ops):
+                    loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
+            else:
+                loss = self.losses_of(self.params, self.shared, batch)
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
@@ -333,7 +367,7 @@ class TrialBatch:
         threshold_buf: torch.Tensor,
         evals: list[list[dict[str, float]]],
     ) -> TrialResult:
-        return trial_result(
+        result = trial_result(
             self.specs[trial],
             self.detect,
             self.eval_terms.num_classes,
@@ -344,3 +378,4 @@ class TrialBatch:
             threshold_buf[trial, :steps_run].cpu().numpy(),
             evals[trial],
         )
+        return dataclasses.replace(result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)))

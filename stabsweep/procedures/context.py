@@ -33,7 +33,7 @@ class Context:
     config: Config
     options: RunOptions
     console: Console
-    fallbacks: set[str] = field(default_factory=set)  # reasons already told: say each once
+    told: set[str] = field(default_factory=set)  # engine notes already printed: say each once
 
     @property
     def run_root(self) -> Path:
@@ -97,7 +97,21 @@ class Context:
                 store.write(result)
                 progress.advance(result)
                 results.append(result)
-                if result.fallback and result.fallback not in self.fallbacks:
-                    self.fallbacks.add(result.fallback)
-                    self.console.print(f"running trials one at a time: {result.fallback}", markup=False)
+                for note in engine_notes(result):
+                    if note not in self.told:
+                        self.told.add(note)
+                        self.console.print(note, markup=False)
         return results
+
+
+def engine_notes(result: TrialResult) -> list[str]:
+    """What the engine did differently from the plan for this trial, in a line each."""
+    notes = []
+    if result.fallback:
+        notes.append(f"running trials one at a time: {result.fallback}")
+    if result.looped_ops:
+        notes.append(
+            f"vmap has no batching rule for {', '.join(result.looped_ops)}: the batch runs "
+            f"{'that op' if len(result.looped_ops) == 1 else 'those ops'} trial by trial (same results, less speed-up)"
+        )
+    return notes
