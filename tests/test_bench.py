@@ -1,0 +1,30 @@
+"""``make bench`` itself: it runs end to end and writes every ratio (not how fast: that is its job)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_writes_every_ratio(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--runs", "1", "--no-ray", "--out", str(tmp_path)]
+    env = {**os.environ, "COLUMNS": "200"}  # one printed line per message
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "bench.csv")
+    assert list(frame["id"]) == ["a", "b", "b floor", "b GEMMs", "b'"]
+    assert (frame["ratio"] > 0).all() and (frame["seconds"] > 0).all()
+    assert list(frame.loc[frame["target"].notna(), "id"]) == ["a", "b"]
+    # The sweep's matrix products: 15.17 MFLOP per trial-step of the quickstart MLP (64-128-128-128-10,
+    # batch 64: forward, weight and input gradients), over the trial-steps the printed count gives.
+    trial_steps = int(run.stderr.split("the 16-rate sweep ran ")[1].split(" trial-steps")[0].replace(",", ""))
+    assert "GFLOP/s" in run.stderr and (frame["sweep_gemm_gflops"] > 0).all()
+    assert f"{15_171_584 * trial_steps / 1e9:.0f} GFLOP at" in run.stderr
