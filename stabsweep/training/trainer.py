@@ -206,6 +206,11 @@ def place_data(data: Any, device: torch.device) -> bool:
     return False
 
 
+def _read(records: list[torch.Tensor]) -> np.ndarray:
+    """Per-step 0-dim records as one host array, in one copy."""
+    return torch.stack(records).cpu().numpy() if records else np.empty(0)
+
+
 class _Trial:
     def __init__(
         self,
@@ -235,9 +240,12 @@ class _Trial:
 
     def _train(self, start: float, grads: FlatGrads) -> TrialResult:
         steps, device = self.spec.steps, self.device
-        loss_buf = torch.full((steps,), math.nan, device=device)
-        norm_buf = torch.full((steps,), math.nan, device=device)
-        threshold_buf = torch.full((steps,), math.nan, device=device)
+        # Per-step records stay 0-dim tensors on the device, appended to lists and stacked
+        # when read: a store into a preallocated tensor (``buf[step] = x``) would be an
+        # indexing op per step, and on a GPU a kernel launch per record and step.
+        step_losses: list[torch.Tensor] = []
+        norms: list[torch.Tensor] = []
+        thresholds: list[torch.Tensor] = []
         losses = np.full(steps, np.nan)
         group = self.optimizer.param_groups[0]
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
@@ -261,11 +269,11 @@ class _Trial:
             if read_now:
                 losses[step] = loss.item()
             else:
-                loss_buf[step] = loss.detach()
-            norm_buf[step] = norm
+                step_losses.append(loss.detach())
+            norms.append(norm)
             if self.clipper is not None:
                 threshold = self.clipper.threshold(norm.reshape(1), step)[0]
-                threshold_buf[step] = threshold
+                thresholds.append(threshold)
                 clip_grads_with_norm_(self.params, threshold, norm)
             self.optimizer.step()
 
@@ -276,7 +284,7 @@ class _Trial:
                     diverged_at = done
                     break
             elif done - synced >= self.sync_every or done == steps:
-                losses[synced:done] = loss_buf[synced:done].cpu().numpy()
+                losses[synced:done] = torch.stack(step_losses[synced:done]).cpu().numpy()
                 diverged_at = divergence_step(
                     losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
                 )
@@ -294,8 +302,8 @@ class _Trial:
             start,
             self.lrs,
             losses[:steps_run],
-            norm_buf[:steps_run].cpu().numpy(),
-            threshold_buf[:steps_run].cpu().numpy(),
+            _read(norms[:steps_run]),
+            _read(thresholds[:steps_run]) if thresholds else np.full(steps_run, np.nan),
             evals,
         )
 
