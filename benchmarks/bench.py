@@ -13,7 +13,8 @@ floor's matrix products, and the run prints their speed beside one large product
 this machine's matrix products reach.
 
 Every timing runs in this process, on this machine, all of them interleaved in each round and
-the rounds repeated; each time is its median. The sweep includes writing its CSV files, as a real sweep does.
+the rounds repeated (``--runs``, 5 by default). Each ratio is the median of the rounds' own
+ratios, and each time the median of its rounds. The sweep includes writing its CSV files, as a real sweep does.
 Ratios, seconds, device and machine go to ``runs/bench/bench.csv``.
 """
 
@@ -161,18 +162,25 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def median_seconds(runs: int, *fns: Callable[[], float]) -> list[float]:
-    """Each function's median time over ``runs`` rounds, the functions interleaved per round."""
+def timed_rounds(runs: int, *fns: Callable[[], float]) -> list[list[float]]:
+    """Each function's time in each of ``runs`` rounds, the functions interleaved per round."""
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
         for i, fn in enumerate(fns):
             times[i].append(fn())
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def ratio_row(key: str, name: str, num: list[float], den: list[float], target: float | None = None) -> tuple:
+    """A ratio as the median over rounds of the round's own ratio (both sides timed moments
+    apart, so a machine that changes speed between rounds moves both), with median seconds."""
+    ratio = statistics.median(n / d for n, d in zip(num, den, strict=True))
+    return key, name, ratio, target, statistics.median(num), statistics.median(den)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="repetitions of each timing (median)")
+    parser.add_argument("--runs", type=int, default=5, help="rounds of every timing (medians)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-ray", action="store_true", help="skip (c)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -216,7 +224,7 @@ def main() -> int:
     console.print(f"the 16-rate sweep ran {sum(steps_run):,} trial-steps ({len(steps_run)} trials)")
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
     gemm_flops = matmul_floor(job, running)[1]
-    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s = median_seconds(
+    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s = timed_rounds(
         args.runs,
         lambda: bare_loop(job, steps, eval_every),
         trial,
@@ -226,16 +234,17 @@ def main() -> int:
         sweep(context(engine="sequential")),
     )
     peak = peak_gflops(torch.device(job.device))
+    gemm_gflops = gemm_flops / statistics.median(gemm_s) / 1e9
     console.print(
-        f"the sweep's matrix products: {gemm_flops / 1e9:.0f} GFLOP at {gemm_flops / gemm_s / 1e9:.0f} GFLOP/s; "
+        f"the sweep's matrix products: {gemm_flops / 1e9:.0f} GFLOP at {gemm_gflops:.0f} GFLOP/s; "
         f"one large product runs at {peak:.0f} GFLOP/s here"
     )
     rows = [
-        ("a", "one trial / bare PyTorch loop", trial_s / bare_s, 1.10, trial_s, bare_s),
-        ("b", "16-rate sweep / one trial", sweep_s / trial_s, 3.5, sweep_s, trial_s),
-        ("b floor", "the sweep's fwd+bwd alone, by hand / one trial", floor_s / trial_s, None, floor_s, trial_s),
-        ("b GEMMs", "the sweep's matrix products alone / one trial", gemm_s / trial_s, None, gemm_s, trial_s),
-        ("b'", "16-rate sweep, sequential engine / one trial", sequential_s / trial_s, None, sequential_s, trial_s),
+        ratio_row("a", "one trial / bare PyTorch loop", trial_s, bare_s, target=1.10),
+        ratio_row("b", "16-rate sweep / one trial", sweep_s, trial_s, target=3.5),
+        ratio_row("b floor", "the sweep's fwd+bwd alone, by hand / one trial", floor_s, trial_s),
+        ratio_row("b GEMMs", "the sweep's matrix products alone / one trial", gemm_s, trial_s),
+        ratio_row("b'", "16-rate sweep, sequential engine / one trial", sequential_s, trial_s),
     ]
     if not args.no_ray:
         ray_ctx = context(executor="ray")
@@ -244,8 +253,8 @@ def main() -> int:
 
         connect(None)
         ray_start_s = time.perf_counter() - start
-        sweep_s_again, ray_s = median_seconds(args.runs, sweep(local), sweep(ray_ctx))
-        rows.append(("c", "16-rate sweep, ray executor / local", ray_s / sweep_s_again, None, ray_s, sweep_s_again))
+        sweep_s_again, ray_s = timed_rounds(args.runs, sweep(local), sweep(ray_ctx))
+        rows.append(ratio_row("c", "16-rate sweep, ray executor / local", ray_s, sweep_s_again))
         console.print(f"(a local Ray took {ray_start_s:.1f} s to start; not in (c))")
 
     table = Table("", "ratio", "value", "target", "seconds", "over seconds", title="stabsweep bench")
@@ -270,7 +279,7 @@ def main() -> int:
                 "over_seconds": round(den, 3),
                 "device": job.device,
                 "machine": machine,
-                "sweep_gemm_gflops": round(gemm_flops / gemm_s / 1e9, 1),
+                "sweep_gemm_gflops": round(gemm_gflops, 1),
                 "peak_gemm_gflops": round(peak, 1),
                 "torch": torch.__version__,
                 "runs": args.runs,
