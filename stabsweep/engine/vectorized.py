@@ -35,7 +35,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -263,11 +263,8 @@ class TrialBatch:
             batch = next(batches)
             if not self.data_on_device:
                 batch = to_device(batch, device)
-            if step == 0:
-                with noting_looped_ops(self.looped_ops):
-                    loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
-            else:
-                loss = self.losses_of(self.params, self.shared, batch)
+            with noting_looped_ops(self.looped_ops) if step == 0 else nullcontext():
+                loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)

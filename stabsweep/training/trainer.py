@@ -208,7 +208,7 @@ def place_data(data: Any, device: torch.device) -> bool:
 
 def _read(records: list[torch.Tensor]) -> np.ndarray:
     """Per-step 0-dim records as one host array, in one copy."""
-    return torch.stack(records).cpu().numpy() if records else np.empty(0)
+    return torch.stack(records).cpu().numpy()
 
 
 class _Trial:
