@@ -108,21 +108,25 @@ def arithmetic_floor(job: TrialJob, running: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def matmul_floor(job: TrialJob, running: list[int]) -> tuple[float, float]:
-    """The matrix products of :func:`arithmetic_floor` alone: seconds, and the FLOPs they did.
-
-    Per layer and step: the forward product, the weight gradient's and, past the first layer,
-    the input gradient's, as ``bmm`` over the trials still running. Everything else a step does
-    (bias, ReLU, cross-entropy, the optimizer, records) is left out.
-    """
+def sweep_products(job: TrialJob) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The matrix products of one trial-step of the quickstart MLP, as (left, right) shapes:
+    per layer the forward product, the weight gradient's and, past the first layer, the input
+    gradient's."""
     workload = job.factory(0)
-    device = torch.device(job.device)
     batch = len(next(iter(workload.train_data))[1])
     layers = [(m.in_features, m.out_features) for m in workload.model if isinstance(m, torch.nn.Linear)]
     products = [((batch, i), (i, o)) for i, o in layers]  # forward
     products += [((o, batch), (batch, i)) for i, o in layers]  # weight gradients
     products += [((batch, o), (o, i)) for i, o in layers[1:]]  # input gradients
-    flops_per_trial = sum(2 * a[0] * a[1] * b[1] for a, b in products)
+    return products
+
+
+def matmul_floor(job: TrialJob, running: list[int]) -> float:
+    """The matrix products of :func:`arithmetic_floor` alone, as ``bmm`` over the trials still
+    running at each step. Everything else a step does (bias, ReLU, cross-entropy, the
+    optimizer, records) is left out."""
+    device = torch.device(job.device)
+    products = sweep_products(job)
     operands: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     start = time.perf_counter()
     for trials in running:
@@ -133,7 +137,7 @@ def matmul_floor(job: TrialJob, running: list[int]) -> tuple[float, float]:
         for left, right in operands[trials]:
             torch.bmm(left, right)
     synchronize(device)
-    return time.perf_counter() - start, flops_per_trial * sum(running)
+    return time.perf_counter() - start
 
 
 def peak_gflops(device: torch.device) -> float:
@@ -223,14 +227,14 @@ def main() -> int:
     running = [sum(n > step for n in steps_run) for step in range(max(steps_run))]
     console.print(f"the 16-rate sweep ran {sum(steps_run):,} trial-steps ({len(steps_run)} trials)")
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
-    gemm_flops = matmul_floor(job, running)[1]
+    gemm_flops = sum(2 * a[0] * a[1] * b[1] for a, b in sweep_products(job)) * sum(running)
     bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s = timed_rounds(
         args.runs,
         lambda: bare_loop(job, steps, eval_every),
         trial,
         sweep(local),
         lambda: arithmetic_floor(job, running),
-        lambda: matmul_floor(job, running)[0],
+        lambda: matmul_floor(job, running),
         sweep(context(engine="sequential")),
     )
     peak = peak_gflops(torch.device(job.device))
