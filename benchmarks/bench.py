@@ -37,11 +37,12 @@ from rich.console import Console
 from rich.table import Table
 
 from stabsweep.config.loader import load_config
-from stabsweep.engine.executors import TrialJob
 from stabsweep.procedures import lr as lr_procedure
 from stabsweep.procedures.context import Context, RunOptions
+from stabsweep.records import TrialJob
 from stabsweep.report.console import make_console
-from stabsweep.training.trainer import batches_forever, place_data, train_trial
+from stabsweep.training.common import batches_forever, place_data
+from stabsweep.training.sequential import train_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -193,9 +194,9 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
 
     def context(**execution: str) -> Context:
-        overrides = {**SWEEP, **{f"execution.{k}": v for k, v in execution.items()}}
+        overrides = {**SWEEP, "device": args.device, **{f"execution.{k}": v for k, v in execution.items()}}
         config = load_config(QUICKSTART, overrides)
-        options = RunOptions(out=scratch, device=args.device, force=True, quiet=True)
+        options = RunOptions(out=scratch, force=True, quiet=True)
         return Context(config, options, make_console(quiet=True))
 
     local = context()

@@ -4,7 +4,7 @@ Automates the instability procedure of the Deep Learning Tuning Playbook. The pu
 for user workloads is :class:`Workload`; everything else is driven from the CLI.
 """
 
+from stabsweep.version import __version__
 from stabsweep.workloads.base import TensorBatches, Workload
 
-__version__ = "0.1.0"
 __all__ = ["TensorBatches", "Workload", "__version__"]

@@ -1,10 +1,13 @@
-"""The one exception type that means "the user gave us something wrong".
+"""The exceptions that end a command with an exit code of their own.
 
 Commands turn a :class:`UserError` into exit code 2 and a single message, never a
-traceback: a bad config is the user's to fix, not a crash of ours.
+traceback: a bad config is the user's to fix, not a crash of ours. A :class:`RunFailed` is a
+run that completed with a result the user must act on: exit code 3.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class UserError(Exception):
@@ -15,6 +18,17 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class RunFailed(Exception):
+    """The run completed and its files are written, but its result is a failure the user must
+    act on (nothing trained, a check failed). Exit code 3, after the summary is printed."""
+
+    exit_code = 3
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__(summary.get("verdict", "the run failed"))
+        self.summary = summary
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:

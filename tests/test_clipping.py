@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-from stabsweep.analysis.clip_report import norm_report
+from stabsweep.analysis.clip import norm_report
 from stabsweep.config.schema import ClipConfig
 from stabsweep.training.clipping import FixedClip, PercentileClip, ZScoreClip, build_clipper
 

@@ -11,6 +11,8 @@ from stabsweep.config.schema import WorkloadConfig
 from stabsweep.errors import UserError
 from stabsweep.workloads import Workload, resolve_factory
 
+from .conftest import needs_ray
+
 GOOD = textwrap.dedent(
     """
     import torch
@@ -50,11 +52,70 @@ def test_file_factory_relative_to_config(user_file, tmp_path):
     assert workload.model[0].out_features == 4
 
 
-def test_module_factory(user_file, monkeypatch):
-    monkeypatch.syspath_prepend(str(user_file.parent))
+def test_module_factory_resolves_from_the_folder_stabsweep_started_in(user_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(user_file.parent)
+    monkeypatch.setattr(sys, "path", list(sys.path))
     factory = resolve_factory(WorkloadConfig(factory="my_workload:build"))
+    assert factory.start_folder == str(user_file.parent)
+    monkeypatch.chdir(tmp_path.parent)  # a worker started elsewhere resolves it the same way
     assert isinstance(factory(seed=1), Workload)
     sys.modules.pop("my_workload", None)
+
+
+MODEL = """
+import torch
+
+class Net(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+TWO_FILE_FACTORY = """
+import torch
+import stabsweep
+from model import Net  # the file beside this one, as `python factory.py` would find it
+
+def build(seed, batch_size=16, width=8):
+    torch.manual_seed(seed)
+    x = torch.randn(256, 4, generator=torch.Generator().manual_seed(7))
+    y = (x.sum(1) > 0).long()
+    data = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    return stabsweep.Workload(model=Net(width), train_data=loader, loss_fn=torch.nn.CrossEntropyLoss())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "process", pytest.param("ray", marks=needs_ray)])
+def test_a_factory_file_imports_the_model_file_beside_it_on_every_executor(executor, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stabsweep.cli import app
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "model.py").write_text(MODEL)
+    (project / "factory.py").write_text(TWO_FILE_FACTORY)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "name: two-files\nworkload: {factory: 'project/factory.py:build'}\n"
+        "train: {steps: 20, eval_every: 10, optimizer: adam}\nlr_sweep: {lrs: [0.001, 0.01]}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    result = CliRunner().invoke(
+        app, ["lr", str(config), "--out", str(tmp_path / "out"), "-q", "--json", "--executor", executor]
+    )
+    assert result.exit_code == 0, result.output
+    assert "failed" not in result.stdout
 
 
 def test_same_seed_same_weights(user_file):

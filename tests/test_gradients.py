@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 
 from stabsweep.config.schema import DetectConfig, OptimizerConfig, ScheduleConfig
-from stabsweep.engine.trial import TrialSpec
+from stabsweep.records import TrialSpec
 from stabsweep.training.gradients import FlatGrads
-from stabsweep.training.trainer import train_trial
+from stabsweep.training.sequential import train_trial
 from tests.reference import sometimes_extra
 
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stabsweep.training.optimizers import OPTIMIZERS, build_optimizer, check_optimizer
+from stabsweep.optim.optimizers import OPTIMIZERS, build_optimizer, check_optimizer
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

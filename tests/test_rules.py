@@ -1,4 +1,4 @@
-"""The detection rules on synthetic loss curves (DESIGN §5)."""
+"""The detection rules on synthetic loss curves (docs/contract.md, "Detection rules")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from stabsweep.analysis.rules import divergence_step, judge
 from stabsweep.config.schema import DetectConfig
-from stabsweep.engine.trial import TrialStatus
+from stabsweep.records import TrialStatus
 
 DETECT = DetectConfig()
 STEPS = 400

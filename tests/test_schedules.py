@@ -1,4 +1,4 @@
-"""Every schedule of DESIGN §2 against its formula at start, end of warmup, mid and end."""
+"""Every schedule of docs/contract.md ("Config") against its formula at start, end of warmup, mid and end."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stabsweep.training.schedules import SCHEDULES, check_schedule, lr_table
+from stabsweep.optim.schedules import SCHEDULES, check_schedule, lr_table
 
 BASE, STEPS = 0.5, 100
 

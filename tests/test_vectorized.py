@@ -18,14 +18,13 @@ import torch
 
 from stabsweep import Workload
 from stabsweep.config.schema import ClipConfig, DetectConfig, OptimizerConfig, ScheduleConfig, WorkloadConfig
-from stabsweep.engine import vectorized
-from stabsweep.engine.executors import TrialJob
 from stabsweep.engine.runner import plan_batches, run_trials
-from stabsweep.engine.trial import TrialSpec, TrialStatus
-from stabsweep.engine.vectorized import TrialBatch, why_not_vectorizable
+from stabsweep.optim.optimizers import OPTIMIZERS
 from stabsweep.procedures.context import engine_notes
-from stabsweep.training.optimizers import OPTIMIZERS
-from stabsweep.training.trainer import train_trial
+from stabsweep.records import TrialJob, TrialSpec, TrialStatus
+from stabsweep.training import vectorized
+from stabsweep.training.sequential import train_trial
+from stabsweep.training.vectorized import TrialBatch, why_not_vectorizable
 from stabsweep.workloads import resolve_factory
 from tests.reference import EvalHead, dropout_workload, eval_head_workload, plain_losses, sometimes_extra
 

@@ -1,4 +1,4 @@
-"""The detection rules of DESIGN §5, as pure functions of a loss curve.
+"""The detection rules of docs/contract.md ("Detection rules"), as pure functions of a loss curve.
 
 Order matters and mirrors severity: a trial that diverged is not also judged unstable, and
 one that learned nothing is infeasible even if it never blew up. Every verdict carries a
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stabsweep.config.schema import DetectConfig
-from stabsweep.engine.trial import TrialStatus
+from stabsweep.records import TrialStatus
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,15 @@ class Verdict:
     status: TrialStatus
     reason: str
     diverged_step: int | None = None
+
+
+def diverged(loss: float, initial_loss: float, factor: float) -> bool:
+    """The divergence rule for one fresh loss: non-finite, or above ``factor × initial_loss``.
+
+    The per-step form of :func:`divergence_steps`, for a loop that reads one loss a step and
+    must stop at once; plain floats, so it costs next to nothing on the hot path.
+    """
+    return not math.isfinite(loss) or loss > factor * initial_loss
 
 
 def divergence_steps(

@@ -1,23 +1,45 @@
-"""The ``stabsweep`` command line: one module per command, all thin (DESIGN §1)."""
+"""The ``stabsweep`` command line: one module per command, all thin."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from stabsweep.cli import clip_report, lr, warmup
+from stabsweep.cli import clip, lr, warmup
+from stabsweep.cli.options import Command, Group
 
 app = typer.Typer(
     name="stabsweep",
-    help="Find where training becomes unstable, then fix it with warmup and clipping "
-    "(the Deep Learning Tuning Playbook's instability procedure).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=Group,
 )
-app.command("lr")(lr.lr)
-app.command("warmup")(warmup.warmup)
-app.command("clip-report")(clip_report.clip_report)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from stabsweep.version import __version__
+
+        typer.echo(f"stabsweep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Find where training becomes unstable, then fix it with warmup and clipping (the Deep Learning Tuning
+    Playbook's instability procedure)."""
+
+
+app.command("lr", cls=Command)(lr.lr)
+app.command("warmup", cls=Command)(warmup.warmup)
+app.command("clip-report", cls=Command)(clip.clip_report)
 
 
 def main() -> None:

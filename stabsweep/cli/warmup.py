@@ -7,23 +7,10 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import (
-    Common,
-    Device,
-    Engine,
-    Executor,
-    Force,
-    Json,
-    Out,
-    Quiet,
-    RayAddress,
-    Resume,
-    Set,
-    Workers,
-    execute,
-)
+from stabsweep.cli.options import CommonOptions, Session, command
 
 
+@command
 def warmup(
     config: Annotated[
         Path | None,
@@ -44,25 +31,16 @@ def warmup(
             "--multiplier", help="base_lr = multiplier × unstable rate; repeatable (default: the config's, 10)."
         ),
     ] = None,
-    out: Out = None,
-    set_: Set = None,
-    device: Device = None,
-    resume: Resume = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    json_output: Json = False,
-    engine: Engine = None,
-    executor: Executor = None,
-    workers: Workers = None,
-    ray_address: RayAddress = None,
+    *,
+    options: CommonOptions,
 ) -> None:
     """Warmup sweep: the shortest linear warmup that lets 10× the unstable rate train stably."""
-    common = Common(out, set_, device, resume, force, quiet, json_output, engine, executor, workers, ray_address)
+    session = Session("warmup", options)
 
     def body() -> dict:
         from stabsweep.errors import UserError
         from stabsweep.procedures import warmup as procedure
-        from stabsweep.procedures.runs import read_lr_run
+        from stabsweep.results.runs import read_lr_run
 
         if (from_run is None) == (unstable_lr is None):
             raise UserError("give exactly one of --from RUN (an lr run) or --unstable-lr X")
@@ -81,7 +59,7 @@ def warmup(
                 raise UserError(f"--unstable-lr {unstable_lr:g}: expected a positive learning rate")
             rate = unstable_lr
         extra = [f"warmup_sweep.multipliers=[{', '.join(map(str, multiplier))}]"] if multiplier else []
-        ctx = common.context(config or lr_run.config_path, lr_run.root if lr_run else None, extra)
+        ctx = session.context(config or lr_run.config_path, lr_run.root if lr_run else None, extra)
         return procedure.run(ctx, float(rate), lr_run)
 
-    execute("warmup", common, body)
+    session.execute(body)

@@ -18,9 +18,22 @@ from stabsweep.config.schema import Config
 from stabsweep.errors import UserError, did_you_mean
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["train.steps=200", "train.clip=null"]`` → ``{"train.steps": 200, ...}`` (YAML values)."""
-    overrides: dict[str, Any] = {}
+class Overrides(dict):
+    """Config keys set on the command line (key path -> value), and the option that set each,
+    so an error names ``--set train.steps`` or ``--device``, not the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: dict[str, str] = {}
+
+    def origin(self, key: str) -> str:
+        return self.origins.get(key, f"--set {key}")
+
+
+def parse_overrides(items: list[str] | None, flags: dict[str, tuple[str, Any]] | None = None) -> Overrides:
+    """``["train.steps=200", "train.clip=null"]`` → ``{"train.steps": 200, ...}`` (YAML values);
+    ``flags`` (key -> (option, value)) are options such as ``--device`` that set a key."""
+    overrides = Overrides()
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -29,10 +42,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise UserError(f"--set {item}: the value is not valid YAML ({exc.problem})") from None
+    for key, (option, value) in (flags or {}).items():
+        overrides[key] = value
+        overrides.origins[key] = option
     return overrides
 
 
-def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+def _apply_override(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
     node = data
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -41,12 +57,12 @@ def _apply_override(data: dict[str, Any], key: str, value: Any) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            raise UserError(f"--set {key}: '{where}' is {child!r}, not a mapping; set '{where}' itself")
+            raise UserError(f"{origin}: '{where}' is {child!r}, not a mapping; set '{where}' itself")
         node = child
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | Overrides | None = None) -> Config:
     """Read, override and validate a config file; raise UserError on any problem."""
     path = Path(path)
     if not path.is_file():
@@ -60,17 +76,24 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys (name, workload, train, ...) at the top")
-    overrides = overrides or {}
+    if not isinstance(overrides, Overrides):
+        overrides = _as_overrides(overrides or {})
     for key, value in overrides.items():
-        _apply_override(data, key, value)
+        _apply_override(data, key, value, overrides.origin(key))
     return validate_config(data, source=str(path), overrides=overrides)
 
 
-def validate_config(data: dict[str, Any], source: str, overrides: dict[str, Any] | None = None) -> Config:
+def _as_overrides(values: dict[str, Any]) -> Overrides:
+    overrides = Overrides()
+    overrides.update(values)
+    return overrides
+
+
+def validate_config(data: dict[str, Any], source: str, overrides: Overrides | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_explain(exc, source, overrides or {})) from None
+        raise UserError(_explain(exc, source, overrides or Overrides())) from None
     except UserError as exc:  # raised by a nested check with its own wording
         raise UserError(f"{source}: {exc.message}") from None
     config._source = source
@@ -83,12 +106,13 @@ def dump_config(config: Config) -> str:
     return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def _explain(exc: ValidationError, source: str, overrides: dict[str, Any]) -> str:
+def _explain(exc: ValidationError, source: str, overrides: Overrides) -> str:
     errors = exc.errors()
     first = errors[0]
     loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
     key = _format_loc(loc)
-    origin = next((f"--set {k}" for k in overrides if key == k or key.startswith(k + ".")), source)
+    set_by = next((k for k in overrides if key == k or key.startswith(k + ".")), None)
+    origin = overrides.origin(set_by) if set_by is not None else source
     if first["type"] == "extra_forbidden":
         known = _fields_at(loc[:-1])
         message = f"unknown key{did_you_mean(str(loc[-1]), known)}"
@@ -102,7 +126,7 @@ def _explain(exc: ValidationError, source: str, overrides: dict[str, Any]) -> st
         if "input" in first and first["type"] not in ("value_error", "assertion_error"):
             message += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
-    where = "" if origin == f"--set {key}" else f"{key or '<top>'}: "
+    where = "" if set_by == key else f"{key or '<top>'}: "
     return f"{origin}: {where}{message}{more}"
 
 

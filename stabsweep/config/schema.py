@@ -1,4 +1,4 @@
-"""The config schema (DESIGN §2): one YAML file describes workload, training and sweeps.
+"""The config schema (docs/contract.md, "Config"): one YAML file describes workload, training and sweeps.
 
 Every model forbids unknown keys, so a typo is an error rather than a silently ignored
 setting. Optimizer and schedule blocks are the exception: their extra keys are keyword
@@ -8,9 +8,11 @@ arguments for torch, checked against the real constructor's signature.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from stabsweep.config.names import DEVICE_PATTERN, EngineName, ExecutorName
 
 
 class _Strict(BaseModel):
@@ -53,7 +55,7 @@ class OptimizerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> OptimizerConfig:
-        from stabsweep.training.optimizers import check_optimizer
+        from stabsweep.optim.optimizers import check_optimizer
 
         check_optimizer(self.name, self.kwargs)
         return self
@@ -64,7 +66,7 @@ class OptimizerConfig(BaseModel):
 
 
 class ScheduleConfig(BaseModel):
-    """A learning-rate schedule by name; other keys are its arguments (DESIGN §2)."""
+    """A learning-rate schedule by name; other keys are its arguments (docs/contract.md, "Config")."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -72,7 +74,7 @@ class ScheduleConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> ScheduleConfig:
-        from stabsweep.training.schedules import check_schedule
+        from stabsweep.optim.schedules import check_schedule
 
         check_schedule(self.name, self.kwargs)
         return self
@@ -192,7 +194,7 @@ class ClipSweepConfig(_Strict):
 
 
 class DetectConfig(_Strict):
-    """Thresholds of the detection rules (DESIGN §5); README 'Detection rules' explains each."""
+    """Thresholds of the detection rules; the README's "Detection rules" explains each."""
 
     divergence_factor: float = Field(4.0, gt=1)  # diverged: loss > this × initial loss
     smoothing: int = Field(20, ge=1)  # EMA span (steps) of the smoothed training loss
@@ -224,9 +226,9 @@ class RayConfig(_Strict):
 class ExecutionConfig(_Strict):
     """How trials run; never part of what a result means, so --resume may change it."""
 
-    engine: Literal["auto", "vectorized", "sequential"] = "auto"  # auto: vectorized where the model allows
+    engine: EngineName = "auto"  # auto: vectorized where the model allows
     max_batch: int = Field(64, ge=1)  # most trials in one vectorized computation
-    executor: Literal["local", "process", "ray"] = "local"
+    executor: ExecutorName = "local"
     workers: int | None = Field(None, ge=1)  # process: default one per GPU, else one per core
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -255,6 +257,6 @@ class Config(_Strict):
     def _device_syntax(cls, value: str) -> str:
         import re
 
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        if not re.fullmatch(DEVICE_PATTERN, value):
             raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
         return value

@@ -14,31 +14,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from stabsweep.config.schema import DetectConfig, OptimizerConfig
-    from stabsweep.engine.trial import TrialResult, TrialSpec
-    from stabsweep.workloads.factory import WorkloadFactory
-
-
-@dataclass(frozen=True)
-class TrialJob:
-    """What all trials of one sweep share: the workload, optimizer, rules, device and engine."""
-
-    factory: WorkloadFactory
-    optimizer: OptimizerConfig
-    detect: DetectConfig
-    device: str  # a resolved torch device string, e.g. "cpu" or "cuda:0"
-    engine: str = "auto"  # auto | vectorized | sequential
-    max_batch: int = 64  # most trials in one vectorized computation
+from stabsweep.engine.runner import run_trials
+from stabsweep.records import TrialJob, TrialResult, TrialSpec, TrialStatus
 
 
 def run_unit(specs: list[TrialSpec], job: TrialJob) -> list[TrialResult]:
     """A worker's share: its trials, run by the engine, returned together."""
-    from stabsweep.engine.runner import run_trials
-
     return list(run_trials(specs, job))
 
 
@@ -53,8 +36,6 @@ def split(specs: list[TrialSpec], parts: int, job: TrialJob) -> list[list[TrialS
 
 def lost(specs: list[TrialSpec], exc: BaseException) -> list[TrialResult]:
     """FAILED results for trials whose worker died before it could report them."""
-    from stabsweep.engine.trial import TrialResult, TrialStatus
-
     reason = f"worker lost: {type(exc).__name__}"
     return [TrialResult(s, TrialStatus.FAILED, reason, 0, 0.0, error=f"{type(exc).__name__}: {exc}") for s in specs]
 
@@ -62,18 +43,12 @@ def lost(specs: list[TrialSpec], exc: BaseException) -> list[TrialResult]:
 class LocalExecutor:
     """Every trial in this process."""
 
-    name = "local"
-
     def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
-        from stabsweep.engine.runner import run_trials
-
         yield from run_trials(specs, job)
 
 
 class ProcessExecutor:
     """A pool of worker processes on this machine: one per GPU on a GPU, else one per core."""
-
-    name = "process"
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers

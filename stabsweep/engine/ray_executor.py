@@ -21,12 +21,11 @@ from stabsweep.errors import UserError
 
 if TYPE_CHECKING:
     from stabsweep.config.schema import RayConfig
-    from stabsweep.engine.executors import TrialJob
-    from stabsweep.engine.trial import TrialResult, TrialSpec
+    from stabsweep.records import TrialJob, TrialResult, TrialSpec
 
 
 class RayExecutor:
-    name = "ray"
+    """Trials as Ray tasks; each task runs its share as one batch."""
 
     def __init__(self, config: RayConfig) -> None:
         self.config = config

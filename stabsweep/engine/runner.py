@@ -7,16 +7,22 @@ over a list of trials and gets each result as soon as it is decided.
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from stabsweep.records import TrialJob, TrialResult, TrialSpec
 from stabsweep.training.clipping import clip_kind
 
 if TYPE_CHECKING:
     import torch
 
-    from stabsweep.engine.executors import TrialJob
-    from stabsweep.engine.trial import TrialResult, TrialSpec
+# What vmap raises for a model it cannot batch (torch/_functorch): data-dependent Python
+# control flow or .item() ("vmap: It looks like you're ..."), ops with no batching rule and no
+# fallback ("Batching rule not implemented for aten::lstm"), dynamic output shapes, in-place
+# writes into an unbatched tensor. All are RuntimeErrors; anything else is a bug, not a limit.
+_VMAP_CANNOT = re.compile(r"\bvmap\b|[Bb]atching rule|batched tensor|BatchedTensor")
 
 
 def plan_batches(specs: list[TrialSpec], max_batch: int) -> list[list[TrialSpec]]:
@@ -26,6 +32,11 @@ def plan_batches(specs: list[TrialSpec], max_batch: int) -> list[list[TrialSpec]
     for spec in specs:
         groups.setdefault((spec.seed, spec.eval_every, clip_kind(spec.clip)), []).append(spec)
     return [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
+
+
+def vmap_cannot(exc: BaseException) -> bool:
+    """Whether ``exc`` is vmap saying it cannot batch this model (so trials run one at a time)."""
+    return isinstance(exc, RuntimeError) and bool(_VMAP_CANNOT.search(str(exc)))
 
 
 def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
@@ -45,7 +56,7 @@ def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
 def _one_at_a_time(
     specs: list[TrialSpec], job: TrialJob, device: torch.device, fallback: str | None = None
 ) -> Iterator[TrialResult]:
-    from stabsweep.training.trainer import train_trial
+    from stabsweep.training.sequential import train_trial
 
     for spec in specs:
         result = train_trial(spec, job.factory, job.optimizer, job.detect, device)
@@ -53,10 +64,13 @@ def _one_at_a_time(
 
 
 def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> Iterator[TrialResult]:
-    """Run ``batch`` as one computation; whatever stops that runs the rest one at a time."""
-    from stabsweep.engine.vectorized import NotVectorizable, TrialBatch
+    """Run ``batch`` as one computation. What vmap cannot batch runs the rest one at a time;
+    any other error fails the unfinished trials with that error, as it would alone."""
+    from stabsweep.training.common import failed_result
+    from stabsweep.training.vectorized import NotVectorizable, TrialBatch
 
     finished: set[int] = set()
+    start = time.perf_counter()
     try:
         trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device)
         for result in trials.run():
@@ -65,7 +79,12 @@ def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> 
         return
     except NotVectorizable as exc:
         reason = str(exc)
-    except Exception as exc:  # noqa: BLE001 - e.g. an op vmap has no rule for; trials still run
-        first_sentence = str(exc).split(". ")[0].splitlines()[0] if str(exc) else ""
-        reason = f"vmap raised {type(exc).__name__}: {first_sentence}".rstrip(": ")
+    except Exception as exc:  # noqa: BLE001 - sorted below: a vmap limit, or a failure of the trials
+        if not vmap_cannot(exc):
+            for spec in batch:
+                if spec.trial_id not in finished:
+                    yield dataclasses.replace(failed_result(spec, exc, start, device), engine="vectorized")
+            return
+        first_sentence = str(exc).split(". ")[0].splitlines()[0]
+        reason = f"vmap raised {type(exc).__name__}: {first_sentence}"
     yield from _one_at_a_time([s for s in batch if s.trial_id not in finished], job, device, fallback=reason)

@@ -1,1 +1,1 @@
-"""The playbook's procedures: plan trials, run them, analyse, report (DESIGN §7)."""
+"""The playbook's procedures: plan trials, run them, analyse, report (docs/architecture.md)."""

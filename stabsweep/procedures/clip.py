@@ -15,17 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from stabsweep.analysis.clip_report import NormReport, norm_report, spans_orders_of_magnitude
+from stabsweep.analysis.clip import NormReport, norm_report, spans_orders_of_magnitude, sweep_rows, verdict
 from stabsweep.config.schema import ClipConfig, Config
-from stabsweep.engine.trial import TrialSpec
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
-from stabsweep.procedures.runs import LrRun
+from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
+from stabsweep.results.runs import LrRun
 
 COMMAND = "clip"
-BAD = ("diverged", "unstable")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def run(
         source = NormSource("config", config.source, 0, lr, steps, norms)
 
     report = norm_report(source.norms, percentile, config.clip_sweep.aggressive_fraction)
-    sweep_rows = None
+    rows = None
     if sweep:
         sweep_lr = lr or (lr_run.summary.get("unstable_base_lr") if lr_run else None) or source.lr
         candidates = {
@@ -129,58 +128,14 @@ def run(
         specs = plan(config, sweep_lr, candidates)
         ctx.run_trials(specs, job, store, f"clip sweep at lr={sweep_lr:g}")
         trials, all_steps, _ = store.finalize()
-        sweep_rows = _sweep_rows(trials)
+        rows = sweep_rows(trials)
         _plot_sweep(store.folder, trials, all_steps)
 
-    summary = _summary(ctx, source, report, sweep_rows)
+    summary = _summary(ctx, source, report, rows)
     _plot(store.folder, source, report)
     store.write_summary(summary)
     _report(ctx, source, report, summary, str(store.folder))
     return summary
-
-
-def _sweep_rows(trials: Any) -> list[dict[str, Any]]:
-    baseline = trials[trials["phase"] == "baseline"].iloc[0]
-    rows = []
-    for _, row in trials.iterrows():
-        rescued = row["phase"] == "clip" and baseline["status"] in BAD and row["status"] == "ok"
-        rows.append(
-            {
-                "trial_id": int(row["trial_id"]),
-                "lr": float(row["lr"]),
-                "clip_percentile": None if row["phase"] == "baseline" else float(row["clip_percentile"]),
-                "clip_threshold": None if row["phase"] == "baseline" else float(row["clip_threshold"]),
-                "status": row["status"],
-                "reason": row["reason"],
-                "best_eval_loss": None if np.isnan(row["best_eval_loss"]) else float(row["best_eval_loss"]),
-                "rescued": bool(rescued),
-            }
-        )
-    return rows
-
-
-def verdict(source: NormSource, report: NormReport, sweep_rows: list[dict[str, Any]] | None) -> str:
-    text = (
-        f"Read {report.steps_read} unclipped gradient norms of {source.name}. "
-        f"Clipping at p{report.percentile:g} = {report.threshold:.4g} would clip "
-        f"{report.clipped_fraction:.1%} of steps."
-    )
-    if report.aggressive:
-        text += " That is too aggressive: clipping most steps just lowers the learning rate; lower it instead."
-    if sweep_rows is not None:
-        baseline = sweep_rows[0]
-        rescued = [r for r in sweep_rows if r["rescued"]]
-        if baseline["status"] not in BAD:
-            text += f" Unclipped training at lr={baseline['lr']:.3g} was {baseline['status']}: nothing to rescue."
-        elif rescued:
-            names = ", ".join(f"p{r['clip_percentile']:g} ({r['clip_threshold']:.3g})" for r in rescued)
-            text += f" At lr={baseline['lr']:.3g} ({baseline['status']} unclipped), clipping at {names} trained ok."
-        else:
-            text += (
-                f" At lr={baseline['lr']:.3g} ({baseline['status']} unclipped), no threshold in the sweep "
-                "turned the trial ok."
-            )
-    return text
 
 
 def _summary(
@@ -209,7 +164,7 @@ def _summary(
             "steps_read": report.steps_read,
         },
         "sweep": sweep_rows,
-        "verdict": verdict(source, report, sweep_rows),
+        "verdict": verdict(source.name, report, sweep_rows),
         "warnings": warnings,
         "rules": {
             "threshold": f"p{report.percentile:g} of the unclipped gradient norms",
@@ -233,7 +188,7 @@ def _plot(folder: Any, source: NormSource, report: NormReport) -> None:
 
 def _plot_sweep(folder: Any, trials: Any, steps: Any) -> None:
     labelled = trials.assign(clip=trials["clip_threshold"].fillna(float("inf")))
-    ok = list(trials[trials["status"] == "ok"]["trial_id"][:3])
+    ok = list(trials[trials["status"] == TrialStatus.OK]["trial_id"][:3])
     plots.step_curves(
         steps,
         labelled,

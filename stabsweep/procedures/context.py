@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stabsweep.engine.executors import LocalExecutor, ProcessExecutor, TrialJob
+from stabsweep.engine.executors import LocalExecutor, ProcessExecutor
 from stabsweep.errors import UserError
+from stabsweep.records import TrialJob
 from stabsweep.results.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -16,13 +17,12 @@ if TYPE_CHECKING:
 
     from stabsweep.config.schema import Config
     from stabsweep.engine.ray_executor import RayExecutor
-    from stabsweep.engine.trial import TrialResult, TrialSpec
+    from stabsweep.records import TrialResult, TrialSpec
 
 
 @dataclass
 class RunOptions:
     out: Path | None = None  # the run root; the command's folder is <out>/<command>/
-    device: str | None = None  # overrides config.device
     resume: bool = False
     force: bool = False
     quiet: bool = False
@@ -61,12 +61,12 @@ class Context:
         except UserError as exc:  # name the config file, as every other config error does
             raise UserError(f"{self.config.source}: {exc.message}") from None
         if execution.engine == "vectorized":
-            from stabsweep.engine.vectorized import why_not_vectorizable
+            from stabsweep.training.vectorized import why_not_vectorizable
 
             reason = why_not_vectorizable(workload.model)
             if reason:
                 raise UserError(f"execution.engine: vectorized is impossible here: {reason}; use auto or sequential")
-        device = resolve_device(self.options.device or self.config.device)
+        device = resolve_device(self.config.device)
         return TrialJob(
             factory,
             self.config.train.optimizer,
@@ -77,7 +77,9 @@ class Context:
         )
 
     def store(self, command: str) -> ResultsStore:
-        return ResultsStore(self.run_root / command, self.config, resume=self.options.resume, force=self.options.force)
+        return ResultsStore.open(
+            self.run_root / command, self.config, resume=self.options.resume, force=self.options.force
+        )
 
     def run_trials(self, specs: list[TrialSpec], job: TrialJob, store: ResultsStore, label: str) -> list[TrialResult]:
         """Run the specs that ``store`` has no result for, writing each as it finishes."""

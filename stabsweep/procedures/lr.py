@@ -10,10 +10,10 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from stabsweep.analysis.findings import LrFindings, lr_findings
+from stabsweep.analysis.lr import LrFindings, lr_findings
 from stabsweep.config.schema import Config
-from stabsweep.engine.trial import TrialSpec
 from stabsweep.procedures.context import Context
+from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
 
@@ -88,7 +88,7 @@ def _early_summary(trials: Any, spec: TrialSpec) -> dict[str, Any]:
         "steps": spec.steps,
         "status": status,
         "reason": str(row["reason"]),
-        "early_instability": status in ("diverged", "unstable"),
+        "early_instability": TrialStatus.of(status) in (TrialStatus.DIVERGED, TrialStatus.UNSTABLE),
         "trial_id": spec.trial_id,
     }
 

@@ -1,6 +1,6 @@
 """``stabsweep warmup``: the shortest warmup that lets a 10× higher learning rate train.
 
-The playbook's recipe (DESIGN §5): take the unstable base rate from the lr sweep, multiply
+The playbook's recipe (docs/contract.md, "Detection rules"): take the unstable base rate from the lr sweep, multiply
 it (10× by default), and probe linear warmups of increasing length: each probe ramps from 0
 to ``base_lr`` over ``warmup_steps`` and then holds ``base_lr`` for ``post_warmup_steps`` =
 2 × ``warmup_steps``. A no-warmup baseline at each base rate shows what warmup fixes. The
@@ -10,21 +10,20 @@ with that warmup prepended and is compared with the lr sweep's best trial.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stabsweep.analysis.warmup import confirm_summary, pick, verdict
 from stabsweep.config.schema import Config, ScheduleConfig
-from stabsweep.engine.trial import TrialSpec
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
-from stabsweep.procedures.runs import LrRun
+from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
+from stabsweep.results.runs import LrRun
 
 COMMAND = "warmup"
 POST_WARMUP_FACTOR = 2  # post_warmup_steps = 2 × warmup_steps
-SAME_WITHIN = 0.01  # confirm vs lr* best eval loss: a relative gap below this is "as well"
 
 
 @dataclass(frozen=True)
@@ -76,16 +75,6 @@ def plan(config: Config, unstable_base_lr: float) -> WarmupPlan:
     return WarmupPlan(unstable_base_lr, base_lrs, kept, dropped, probes)
 
 
-def pick(trials: Any) -> dict[float, int | None]:
-    """Per base rate: the shortest warmup (> 0) whose probe is ok, or None."""
-    picks: dict[float, int | None] = {}
-    probes = trials[(trials["phase"] == "probe") & (trials["warmup_steps"] > 0)]
-    for base_lr, part in probes.groupby("base_lr", sort=True):
-        ok = part[part["status"] == "ok"]
-        picks[float(base_lr)] = int(ok["warmup_steps"].min()) if len(ok) else None
-    return picks
-
-
 def confirm_spec(config: Config, base_lr: float, multiplier: float, warmup_steps: int, trial_id: int) -> TrialSpec:
     """The full run: the config's own schedule with the warmup prepended (train.steps + warmup)."""
     train = config.train
@@ -127,7 +116,7 @@ def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str
         spec = confirm_spec(config, base_lr, multiplier, recommended, trial_id=len(the_plan.probes))
         ctx.run_trials([spec], job, store, f"confirm: warmup {recommended} at lr={base_lr:g}")
         trials, steps, _ = store.finalize()
-        confirm = _confirm_summary(trials, spec, lr_run)
+        confirm = confirm_summary(trials, spec, lr_run.summary if lr_run else None)
 
     warnings = []
     if the_plan.dropped:
@@ -166,57 +155,6 @@ def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str
     return summary
 
 
-def verdict(base_lr: float, unstable: float, recommended: int | None, confirm: dict[str, Any] | None) -> str:
-    times = f"{base_lr / unstable:.3g}×"
-    if recommended is None:
-        return (
-            f"No warmup in the grid made lr={base_lr:.3g} ({times} the unstable rate) train stably. "
-            "Try longer warmups (raise train.steps so they fit under 10%), gradient clipping "
-            "(stabsweep clip-report), or a lower multiplier."
-        )
-    text = (
-        f"A warmup of {recommended} steps makes lr={base_lr:.3g} ({times} the unstable rate {unstable:.3g}) "
-        "train stably."
-    )
-    if confirm is None:
-        return text
-    if confirm["status"] not in ("ok", "unstable"):
-        return text + f" But the full-length confirm run was {confirm['status']}: {confirm['reason']}."
-    if confirm["status"] == "unstable":
-        text += f" The full-length confirm run was unstable later on ({confirm['reason']})."
-    comparison = confirm.get("comparison")
-    if comparison:
-        text += (
-            f" The full run with warmup reached eval loss {confirm['best_eval_loss']:.4g}: it trained "
-            f"{comparison} the lr sweep's best ({confirm['lr_star_best_eval_loss']:.4g} "
-            f"at lr*={confirm['lr_star']:.3g})."
-        )
-    return text
-
-
-def _confirm_summary(trials: Any, spec: TrialSpec, lr_run: LrRun | None) -> dict[str, Any]:
-    row = trials[trials["trial_id"] == spec.trial_id].iloc[0]
-    out = {
-        "trial_id": spec.trial_id,
-        "base_lr": spec.lr,
-        "warmup_steps": spec.warmup_steps,
-        "total_steps": spec.steps,
-        "status": str(row["status"]),
-        "reason": str(row["reason"]),
-        "best_eval_loss": None if math.isnan(row["best_eval_loss"]) else float(row["best_eval_loss"]),
-    }
-    if lr_run is not None and lr_run.summary.get("best_objective") is not None and out["best_eval_loss"] is not None:
-        reference = float(lr_run.summary["best_objective"])
-        gap = (out["best_eval_loss"] - reference) / abs(reference)
-        out.update(
-            lr_star=lr_run.summary["best_lr"],
-            lr_star_best_eval_loss=reference,
-            relative_gap=round(gap, 4),
-            comparison="as well as" if abs(gap) < SAME_WITHIN else ("better than" if gap < 0 else "worse than"),
-        )
-    return out
-
-
 def _print_plan(ctx: Context, the_plan: WarmupPlan) -> None:
     import pandas as pd
 
@@ -248,7 +186,7 @@ def _plot(folder: Any, trials: Any, steps: Any, lr_run: LrRun | None, picks: dic
         "train_loss",
         out / "probe_curves.png",
         label="warmup_steps",
-        above_ids=list(probes[probes["status"] == "ok"]["trial_id"][:3]),
+        above_ids=list(probes[probes["status"] == TrialStatus.OK]["trial_id"][:3]),
         smooth=5,
         title="warmup probes: training loss",
     )

@@ -12,12 +12,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stabsweep.records import TrialStatus
+
 if TYPE_CHECKING:
     import pandas as pd
 
-    from stabsweep.engine.trial import TrialResult
+    from stabsweep.records import TrialResult
 
-STATUS_STYLE = {"ok": "green", "unstable": "yellow", "diverged": "red", "learned_nothing": "red", "failed": "magenta"}
+STATUS_STYLE = {
+    TrialStatus.OK: "green",
+    TrialStatus.UNSTABLE: "yellow",
+    TrialStatus.DIVERGED: "red",
+    TrialStatus.LEARNED_NOTHING: "red",
+    TrialStatus.FAILED: "magenta",
+}
 
 
 HEADERS = {
@@ -57,7 +65,7 @@ class SweepProgress:
         self.progress.stop()
 
     def advance(self, result: TrialResult) -> None:
-        style = STATUS_STYLE.get(result.status.value, "")
+        style = STATUS_STYLE[result.status]
         last = f"lr={result.spec.lr:.3g} [{style}]{result.status.value}[/]"
         self.progress.update(self.task, advance=1, last=last)
 
@@ -88,7 +96,7 @@ def trials_table(trials: pd.DataFrame, columns: list[str], title: str, marks: di
             value = row.get(column)
             text = _fmt(value)
             if column == "status":
-                text = f"[{STATUS_STYLE.get(str(value), '')}]{text}[/]"
+                text = f"[{STATUS_STYLE[TrialStatus.of(value)]}]{text}[/]"
             cells.append(text)
         cells.append(marks.get(int(row["trial_id"]), ""))
         table.add_row(*cells)

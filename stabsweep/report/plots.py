@@ -1,4 +1,4 @@
-"""The plots of DESIGN §6, drawn with matplotlib's non-interactive Agg backend.
+"""The plots of docs/contract.md ("Plots"), drawn with matplotlib's non-interactive Agg backend.
 
 Each plot takes the tables the sweep wrote (pandas frames) and marks what the analysis
 found, so a plot never disagrees with trials.csv.
@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stabsweep.records import FEASIBLE, INFEASIBLE, TrialStatus
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-INFEASIBLE = ("diverged", "learned_nothing")
 BEST, ABOVE, OTHER = "tab:green", ("tab:orange", "tab:red", "tab:purple"), "0.75"
 
 
@@ -76,12 +77,12 @@ def hyperparameter_axis(
 ) -> Path:
     """Objective vs a hyperparameter (log axis); infeasible trials as red crosses at the top."""
     fig, ax = _figure()
-    feasible = trials[~trials["status"].isin((*INFEASIBLE, "failed"))].sort_values(x)
+    feasible = trials[trials["status"].isin(FEASIBLE)].sort_values(x)
     bad = trials[trials["status"].isin(INFEASIBLE)]
     ax.plot(feasible[x], feasible[objective], "-", color="0.6", zorder=1)
-    for status, color in (("ok", "tab:blue"), ("unstable", "tab:orange")):
+    for status, color in ((TrialStatus.OK, "tab:blue"), (TrialStatus.UNSTABLE, "tab:orange")):
         part = feasible[feasible["status"] == status]
-        ax.scatter(part[x], part[objective], color=color, label=status, zorder=2)
+        ax.scatter(part[x], part[objective], color=color, label=str(status), zorder=2)
     _infeasible(ax, bad[x], "infeasible (diverged / learned nothing)")
     if best is not None:
         ax.axvline(best, color=BEST, ls="--", label=f"lr* = {best:.3g}")
@@ -137,7 +138,7 @@ def step_curves(
         ax.plot(
             part["step"], values, color=color, lw=width, label=f"{label}={labels[tid]:.3g}" if highlighted else None
         )
-        if statuses.get(tid) == "diverged":  # mark where the trial was stopped
+        if statuses.get(tid) is TrialStatus.DIVERGED:  # mark where the trial was stopped
             finite = np.flatnonzero(np.isfinite(values))
             if finite.size:
                 ax.plot(part["step"].iloc[finite[-1]], values[finite[-1]], "x", color="red", ms=8)
@@ -170,14 +171,14 @@ def warmup_axis(probes: pd.DataFrame, path: Path, picks: dict[float, int | None]
     objective = "best_eval_loss" if probes["best_eval_loss"].notna().any() else "final_train_loss"
     for (base_lr, part), color in zip(probes.groupby("base_lr"), ("tab:blue", "tab:green", "tab:purple"), strict=False):
         ramps = part[part["warmup_steps"] > 0].sort_values("warmup_steps")
-        good = ramps[~ramps["status"].isin((*INFEASIBLE, "failed"))]
+        good = ramps[ramps["status"].isin(FEASIBLE)]
         ax.plot(good["warmup_steps"], good[objective], "o-", color=color, label=f"base lr {base_lr:.3g}")
         bad = ramps[ramps["status"].isin(INFEASIBLE)]
         _infeasible(ax, bad["warmup_steps"])
         baseline = part[part["warmup_steps"] == 0]
         if len(baseline):
             row = baseline.iloc[0]
-            if row["status"] in INFEASIBLE:
+            if TrialStatus.of(row["status"]).infeasible:
                 ax.plot([], [], "x", color="red", label=f"no warmup at {base_lr:.3g}: {row['status']}")
             else:
                 ax.axhline(row[objective], color=color, ls="--", lw=1, label=f"no warmup at {base_lr:.3g}")
@@ -197,14 +198,14 @@ def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path) 
     objective = "best_eval_loss"
     if lr_trials is not None:
         sweep = lr_trials[lr_trials.get("phase", "sweep") == "sweep"].sort_values("lr")
-        ok = sweep[~sweep["status"].isin((*INFEASIBLE, "failed"))]
+        ok = sweep[sweep["status"].isin(FEASIBLE)]
         ax.plot(ok["lr"], ok[objective], "o-", color="0.5", label="lr sweep, no warmup")
         bad = sweep[sweep["status"].isin(INFEASIBLE)]
         _infeasible(ax, bad["lr"], "infeasible")
     baselines = trials[(trials["phase"] == "probe") & (trials["warmup_steps"] == 0)]
     bad = baselines[baselines["status"].isin(INFEASIBLE)]
     _infeasible(ax, bad["base_lr"])
-    with_warmup = trials[(trials["warmup_steps"] > 0) & ~trials["status"].isin((*INFEASIBLE, "failed"))]
+    with_warmup = trials[(trials["warmup_steps"] > 0) & trials["status"].isin(FEASIBLE)]
     probes = with_warmup[with_warmup["phase"] == "probe"]
     if len(probes):
         best = probes.loc[probes.groupby("base_lr")[objective].idxmin()]

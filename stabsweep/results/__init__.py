@@ -1,4 +1,4 @@
-"""Where results live: one folder per command, CSVs appended as trials finish (DESIGN §4)."""
+"""Where results live: one folder per command, CSVs appended as trials finish (docs/contract.md, "Output files")."""
 
 from stabsweep.results.store import ResultsStore
 

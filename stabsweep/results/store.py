@@ -3,13 +3,14 @@
 Crash safety comes from write order. A finished trial appends its ``steps.csv`` and
 ``evals.csv`` rows first and its ``trials.csv`` row last, each file flushed as it is
 written; the ``trials.csv`` row is the commit record. A sweep killed at any moment leaves at
-worst orphan step rows of an unfinished trial, which ``--resume`` drops before it runs
-exactly the trials that have no row. :meth:`finalize` sorts the files so a resumed sweep's
-files read as if it had never been interrupted.
+worst orphan step rows of an unfinished trial and a last line cut short, which ``--resume``
+drops before it runs exactly the trials that have no row. :meth:`finalize` sorts the files
+so a resumed sweep's files read as if it had never been interrupted.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,42 +19,60 @@ import yaml
 
 from stabsweep.config.loader import dump_config
 from stabsweep.errors import UserError
+from stabsweep.records import TrialStatus
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from stabsweep.config.schema import Config
-    from stabsweep.engine.trial import TrialResult
+    from stabsweep.records import TrialResult
 
 TRIALS, STEPS, EVALS = "trials.csv", "steps.csv", "evals.csv"
-STEP_COLUMNS = ["trial_id", "step", "lr", "train_loss", "grad_norm", "clip_threshold", "clipped"]
 OUTPUTS = (TRIALS, STEPS, EVALS, "summary.json", "config.yaml")
+_STATUSES = ", ".join(s.value for s in TrialStatus)
 
 
 class ResultsStore:
-    def __init__(self, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> None:
+    """Appends finished trials to one command's folder and reads them back."""
+
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.completed_lrs: dict[int, float] = {}  # trial id -> lr of every trial with a trials.csv row
+
+    @classmethod
+    def open(cls, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> ResultsStore:
+        """The store for a new run (``force`` clears old results, ``resume`` keeps them)."""
         if resume and force:
             raise UserError("--resume and --force contradict each other: give one")
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder}: exists and is not a folder; give --out a folder")
+        store = cls(folder)
         has_results = (folder / TRIALS).exists()
         if has_results and not (resume or force):
             raise UserError(f"{folder} already holds results: add --resume to finish them, or --force to start over")
         folder.mkdir(parents=True, exist_ok=True)
         if force:
-            for name in OUTPUTS:
-                (folder / name).unlink(missing_ok=True)
-            for plot in (folder / "plots").glob("*.png"):
-                plot.unlink()
+            store.clear()
         elif resume and has_results:
-            self._check_same_config(config)
-            self._drop_unfinished()
-        (folder / "config.yaml").write_text(dump_config(config))
+            store.check_same_config(config)
+            store.drop_unfinished()
+        store.write_config(config)
+        return store
 
     @property
     def completed(self) -> set[int]:
         """Ids of the trials this folder holds a result for: resumed ones and those written since."""
         return set(self.completed_lrs)
+
+    def clear(self) -> None:
+        """Delete this command's results, so a run starts over."""
+        for name in OUTPUTS:
+            (self.folder / name).unlink(missing_ok=True)
+        for plot in (self.folder / "plots").glob("*.png"):
+            plot.unlink()
+
+    def write_config(self, config: Config) -> None:
+        (self.folder / "config.yaml").write_text(dump_config(config))
 
     def write(self, result: TrialResult) -> None:
         """Append one finished trial; the trials.csv row goes last (see module docstring)."""
@@ -80,7 +99,8 @@ class ResultsStore:
 
     def finalize(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Sort every file by trial and step, rewrite them, and return them."""
-        trials = self.read(TRIALS).sort_values("trial_id", kind="stable")
+        trials = self.read(TRIALS)
+        trials = trials.sort_values("trial_id", kind="stable") if len(trials) else trials
         steps = self.read(STEPS)
         evals = self.read(EVALS)
         steps = steps.sort_values(["trial_id", "step"], kind="stable") if len(steps) else steps
@@ -96,37 +116,11 @@ class ResultsStore:
         return path
 
     def read(self, name: str) -> pd.DataFrame:
-        import pandas as pd
+        """A CSV of this folder (empty when absent), statuses as :class:`TrialStatus`."""
+        return read_table(self.folder / name)
 
-        path = self.folder / name
-        if not path.exists() or path.stat().st_size == 0:
-            return pd.DataFrame()
-        return pd.read_csv(path, on_bad_lines="skip")
-
-    def _append(self, name: str, frame: pd.DataFrame) -> None:
-        path = self.folder / name
-        header = not path.exists() or path.stat().st_size == 0
-        if not header:  # keep the file's column order when a later trial has more columns
-            columns = list(self._header(path))
-            extra = [c for c in frame.columns if c not in columns]
-            if extra:
-                self._widen(path, columns + extra)
-                columns += extra
-            frame = frame.reindex(columns=columns)
-        with path.open("a", newline="") as handle:
-            frame.to_csv(handle, header=header, index=False)
-            handle.flush()
-
-    @staticmethod
-    def _header(path: Path) -> list[str]:
-        with path.open() as handle:
-            return handle.readline().rstrip("\n").split(",")
-
-    def _widen(self, path: Path, columns: list[str]) -> None:
-        frame = self.read(path.name).reindex(columns=columns)
-        frame.to_csv(path, index=False)
-
-    def _check_same_config(self, config: Config) -> None:
+    def check_same_config(self, config: Config) -> None:
+        """--resume must finish the run that was started: refuse a config that changed what a trial is."""
         saved_path = self.folder / "config.yaml"
         if not saved_path.exists():
             return
@@ -141,7 +135,8 @@ class ResultsStore:
                 "match the new ones. Use --force to start over, or undo the change"
             )
 
-    def _drop_unfinished(self) -> None:
+    def drop_unfinished(self) -> None:
+        """Keep only finished trials' rows, so a resumed run redoes exactly the unfinished ones."""
         trials = self.read(TRIALS)
         if "status" in trials:  # a row cut short by a kill has no status: not finished
             trials = trials[trials["status"].notna() & trials["trial_id"].notna()]
@@ -152,6 +147,50 @@ class ResultsStore:
             frame = self.read(name)
             if len(frame):
                 frame[frame["trial_id"].isin(done)].to_csv(self.folder / name, index=False)
+
+    def _append(self, name: str, frame: pd.DataFrame) -> None:
+        path = self.folder / name
+        header = not path.exists() or path.stat().st_size == 0
+        if not header:  # keep the file's column order when a later trial has more columns
+            columns = _header(path)
+            extra = [c for c in frame.columns if c not in columns]
+            if extra:
+                self.read(name).reindex(columns=columns + extra).to_csv(path, index=False)
+                columns += extra
+            frame = frame.reindex(columns=columns)
+        with path.open("a", newline="") as handle:
+            frame.to_csv(handle, header=header, index=False)
+            handle.flush()
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A results CSV, with its ``status`` column as :class:`TrialStatus`.
+
+    A last line without its newline is a row a kill cut short: it is left out. Any other
+    malformed line is an error naming the file and the line, never silently skipped.
+    """
+    import pandas as pd
+
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    text = path.read_text()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    try:
+        frame = pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame()
+    except pd.errors.ParserError as exc:
+        raise UserError(f"{path}: malformed CSV ({exc}); remove the bad line, or rerun with --force") from None
+    if "status" in frame:
+        try:
+            frame["status"] = frame["status"].map(lambda v: TrialStatus.of(v) if isinstance(v, str) else v)
+        except ValueError as exc:
+            raise UserError(f"{path}: {exc} in the status column; expected one of {_STATUSES}") from None
+    return frame
+
+
+def _header(path: Path) -> list[str]:
+    with path.open() as handle:
+        return handle.readline().rstrip("\n").split(",")
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:

@@ -1,4 +1,4 @@
-"""Workloads: what a trial trains. Built-ins by name, user factories by path (DESIGN §3)."""
+"""Workloads: what a trial trains. Built-ins by name, user factories by path (docs/contract.md, "Workloads")."""
 
 from stabsweep.workloads.base import TensorBatches, Workload
 from stabsweep.workloads.factory import BUILTIN_WORKLOADS, WorkloadFactory, resolve_factory

@@ -1,4 +1,4 @@
-"""The workload API (DESIGN §3): what a factory returns, and in-memory batches.
+"""The workload API (docs/contract.md, "Workloads"): what a factory returns, and in-memory batches.
 
 Kept free of a module-level torch import so ``import stabsweep`` stays instant.
 """

@@ -4,6 +4,14 @@ A factory is called once per trial with the trial's seed, so every trial of a sw
 from the same weights and sees the same batches. Everything that can be wrong about a
 factory before training starts (missing file, missing function, unknown argument, wrong
 return type) is a :class:`UserError` naming the config key.
+
+How a factory is imported is one rule, the same in every process that runs trials (this one,
+a worker process, a Ray task), owned by :func:`import_module_of`:
+
+- ``file.py:fn``: as ``python file.py`` would run it, with the file's folder first on the
+  import path, so ``from model import GPT`` finds ``model.py`` beside it;
+- ``package.module:fn``: as ``python -m`` would, from the folder stabsweep was started in
+  (recorded when the config is read, so a worker started elsewhere resolves it the same way).
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ class WorkloadFactory:
     args: dict[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
     key: str = "workload.factory"  # the config key named in errors
+    start_folder: str | None = None  # where a module path resolves from: the cwd when the config was read
 
     def function(self) -> Callable[..., Any]:
-        return _load(self.target, self.key)
+        return _load(self.target, self.key, self.start_folder)
 
     def __call__(self, seed: int) -> Workload:
         fn = self.function()
@@ -96,18 +105,34 @@ def resolve_factory(workload: Any, config_source: str | None = None) -> Workload
             tried = " or ".join(str(c) for c in dict.fromkeys(candidates))
             raise UserError(f"workload.factory: file not found: {tried}")
         target = str(found.resolve())
-    return WorkloadFactory(f"{target}:{fn_name}", dict(workload.args), workload.batch_size)
+        return WorkloadFactory(f"{target}:{fn_name}", dict(workload.args), workload.batch_size)
+    return WorkloadFactory(workload.factory, dict(workload.args), workload.batch_size, start_folder=str(Path.cwd()))
 
 
-def _load(target: str, key: str) -> Callable[..., Any]:
+def import_module_of(target: str, start_folder: str | None = None) -> Any:
+    """The module a factory target names, imported by the one rule of this module's docstring."""
+    module_name = target.rpartition(":")[0]
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        _first_on_path(str(path.parent))
+        return _import_file(path)
+    if start_folder is not None:  # None: a built-in, importable as it is
+        _first_on_path(start_folder)
+    return importlib.import_module(module_name)
+
+
+def _first_on_path(folder: str) -> None:
+    """Put ``folder`` first on the import path for this process (a factory may import lazily)."""
+    if sys.path[:1] != [folder]:
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+
+
+def _load(target: str, key: str, start_folder: str | None) -> Callable[..., Any]:
     module_name, _, fn_name = target.rpartition(":")
     try:
-        if module_name.endswith(".py"):
-            module = _import_file(Path(module_name))
-        else:
-            if str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(module_name)
+        module = import_module_of(target, start_folder)
     except UserError:
         raise
     except ModuleNotFoundError as exc:

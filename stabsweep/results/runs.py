@@ -37,12 +37,12 @@ class LrRun:
         return self._csv("steps.csv")
 
     def _csv(self, name: str) -> pd.DataFrame:
-        import pandas as pd
+        from stabsweep.results.store import read_table
 
         path = self.folder / name
         if not path.is_file():
             raise UserError(f"{path}: missing; the lr run is incomplete (rerun stabsweep lr with --resume)")
-        return pd.read_csv(path)
+        return read_table(path)
 
 
 def read_lr_run(root: Path) -> LrRun:

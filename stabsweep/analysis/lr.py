@@ -1,4 +1,4 @@
-"""What an lr sweep found (DESIGN §5): ``best_lr``, ``unstable_base_lr`` and the warnings."""
+"""What an lr sweep found: ``best_lr``, ``unstable_base_lr`` and the warnings (README, Detection rules)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stabsweep.engine.trial import TrialStatus
+from stabsweep.records import FEASIBLE, INFEASIBLE, TrialStatus
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FEASIBLE = {TrialStatus.OK.value, TrialStatus.UNSTABLE.value}
-INFEASIBLE = {TrialStatus.DIVERGED.value, TrialStatus.LEARNED_NOTHING.value}
 MOSTLY_INFEASIBLE = 0.5
 
 
@@ -41,15 +39,15 @@ class LrFindings:
 
 def lr_findings(trials: pd.DataFrame) -> LrFindings:
     """Apply the selection rules to the sweep's trials (one row per learning rate)."""
-    trials = trials.sort_values("lr")
-    judged = trials[trials["status"] != TrialStatus.FAILED.value]
+    trials = trials.sort_values("lr").assign(status=trials["status"].map(TrialStatus.of))
+    judged = trials[trials["status"] != TrialStatus.FAILED]
     infeasible = judged["status"].isin(INFEASIBLE)
     fraction = float(infeasible.mean()) if len(judged) else 1.0
     objective = objective_column(trials)
     feasible = judged[judged["status"].isin(FEASIBLE) & judged[objective].notna()]
     found = LrFindings(None, None, round(fraction, 4), objective)
 
-    failed = int((trials["status"] == TrialStatus.FAILED.value).sum())
+    failed = int((trials["status"] == TrialStatus.FAILED).sum())
     if failed:
         found.warnings.append(f"{failed} of {len(trials)} trials failed (raised); see the 'error' column of trials.csv")
     if fraction > MOSTLY_INFEASIBLE:
@@ -63,9 +61,7 @@ def lr_findings(trials: pd.DataFrame) -> LrFindings:
     best = feasible.loc[feasible[objective].idxmin()]
     found.best_lr, found.best_trial_id = float(best["lr"]), int(best["trial_id"])
     found.best_objective = float(best[objective])
-    above = judged[
-        (judged["lr"] > found.best_lr) & judged["status"].isin({TrialStatus.DIVERGED.value, TrialStatus.UNSTABLE.value})
-    ]
+    above = judged[(judged["lr"] > found.best_lr) & judged["status"].isin({TrialStatus.DIVERGED, TrialStatus.UNSTABLE})]
     if not above.empty:
         unstable = above.iloc[0]
         found.unstable_base_lr, found.unstable_trial_id = float(unstable["lr"]), int(unstable["trial_id"])

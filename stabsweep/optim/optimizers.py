@@ -1,4 +1,4 @@
-"""Optimizers by name (DESIGN §2), all straight from ``torch.optim``.
+"""Optimizers by name (docs/contract.md, "Config"), all straight from ``torch.optim``.
 
 Adding one is one registry entry: the torch class and the defaults that make the name mean
 what practitioners mean by it ("momentum" is SGD with momentum 0.9, "amsgrad" is Adam with

@@ -1,4 +1,4 @@
-"""``stabsweep clip-report``."""
+"""``stabsweep clip-report`` (module named after its results folder, `clip/`, as every clip module is)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,10 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli._common import (
-    Common,
-    Device,
-    Engine,
-    Executor,
-    Force,
-    Json,
-    Out,
-    Quiet,
-    RayAddress,
-    Resume,
-    Set,
-    Workers,
-    execute,
-)
+from stabsweep.cli.options import CommonOptions, Session, command
 
 
+@command
 def clip_report(
     source: Annotated[
         Path,
@@ -56,35 +43,26 @@ def clip_report(
             "and without clipping, at the unstable rate (or --lr).",
         ),
     ] = False,
-    out: Out = None,
-    set_: Set = None,
-    device: Device = None,
-    resume: Resume = False,
-    force: Force = False,
-    quiet: Quiet = False,
-    json_output: Json = False,
-    engine: Engine = None,
-    executor: Executor = None,
-    workers: Workers = None,
-    ray_address: RayAddress = None,
+    *,
+    options: CommonOptions,
 ) -> None:
     """Gradient-norm report: percentiles, a clipping threshold (p90) and the share of steps it clips."""
-    common = Common(out, set_, device, resume, force, quiet, json_output, engine, executor, workers, ray_address)
+    session = Session("clip", options)
 
     def body() -> dict:
         from stabsweep.errors import UserError
         from stabsweep.procedures import clip as procedure
-        from stabsweep.procedures.runs import read_lr_run
+        from stabsweep.results.runs import read_lr_run
 
         if lr is not None and lr <= 0:
             raise UserError(f"--lr {lr:g}: expected a positive learning rate")
         if source.is_dir():
             lr_run = read_lr_run(source)
-            ctx = common.context(lr_run.config_path, lr_run.root)
+            ctx = session.context(lr_run.config_path, lr_run.root)
         elif source.is_file():
-            lr_run, ctx = None, common.context(source)
+            lr_run, ctx = None, session.context(source)
         else:
             raise UserError(f"{source}: neither a run folder nor a config file")
         return procedure.run(ctx, lr_run, trial_id=trial, lr=lr, percentile=percentile, sweep=sweep)
 
-    execute("clip", common, body)
+    session.execute(body)

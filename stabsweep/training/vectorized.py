@@ -45,11 +45,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from stabsweep.analysis.rules import divergence_steps
-from stabsweep.config.schema import DetectConfig, OptimizerConfig
-from stabsweep.engine.trial import TrialResult, TrialSpec
+from stabsweep.optim.optimizers import build_optimizer
+from stabsweep.records import TrialResult, TrialSpec
 from stabsweep.training.clipping import build_clipper
-from stabsweep.training.optimizers import build_optimizer
-from stabsweep.training.trainer import (
+from stabsweep.training.common import (
     CPU_SYNC_EVERY,
     GPU_SYNC_EVERY,
     EvalTerms,
@@ -73,6 +72,15 @@ class NotVectorizable(Exception):
 # vmap's warning for an op it has no batching rule for and runs trial by trial instead.
 _LOOPED_OP_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
 _LOOPED_OP = re.compile(re.escape(_LOOPED_OP_WARNING) + r" for (\S+?)\. ")
+
+
+@contextmanager
+def quiet_looped_ops() -> Iterator[None]:
+    """Silence vmap's warning for ops it loops over (already noted at the first step), for
+    the calls inside only: the filter is removed on the way out."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LOOPED_OP_WARNING, category=UserWarning)
+        yield
 
 
 @contextmanager
@@ -124,8 +132,8 @@ class TrialBatch:
         self,
         specs: list[TrialSpec],
         workload: Workload,
-        optimizer: OptimizerConfig,
-        detect: DetectConfig,
+        optimizer: Any,
+        detect: Any,
         device: torch.device,
     ) -> None:
         reason = why_not_vectorizable(workload.model)
@@ -166,7 +174,6 @@ class TrialBatch:
         # Ops vmap loops over, noted at the first eval and the first step (where every op a
         # model uses in eval and in training mode first runs). Later repeats are not printed.
         self.looped_ops: set[str] = set()
-        warnings.filterwarnings("ignore", message=_LOOPED_OP_WARNING, category=UserWarning)
 
     def _split_flat(self) -> None:
         """Per-parameter views [trial, *shape] of the flat weights (the model's inputs, which
@@ -241,67 +248,83 @@ class TrialBatch:
         return functional_call(self.bound, {**params, **shared}, (self.eval_terms, batch))
 
     def run(self) -> Iterator[TrialResult]:
-        start = time.perf_counter()
-        specs, device, steps = self.specs, self.device, self.max_steps
-        count = len(specs)
-        active = np.arange(count)  # row i of the stacked tensors is trial specs[active[i]]
-        rows = torch.arange(count, device=device)  # the same, on the device, to index buffers
-        loss_buf = torch.full((count, steps), math.nan, device=device)
-        norm_buf = torch.full((count, steps), math.nan, device=device)
-        threshold_buf = torch.full((count, steps), math.nan, device=device)
-        losses = np.full((count, steps), np.nan)
-        ends = np.array([s.steps for s in specs])
-        end_steps = set(ends.tolist())  # the steps at which some trial finishes, known up front
-        eval_every = specs[0].eval_every
-        evals: list[list[dict[str, float]]] = [[] for _ in specs]
-        with noting_looped_ops(self.looped_ops):
-            self._record_evals(0, active, evals)
-        batches = batches_forever(self.workload.train_data)
-        synced = 0
+        """Train the batch; yield each trial's result at the step it diverges or ends."""
+        self.start = time.perf_counter()
+        count, steps = len(self.specs), self.max_steps
+        self.active = np.arange(count)  # row i of the stacked tensors is trial specs[active[i]]
+        self.rows = torch.arange(count, device=self.device)  # the same, on the device, to index buffers
+        self.loss_buf = torch.full((count, steps), math.nan, device=self.device)
+        self.norm_buf = torch.full((count, steps), math.nan, device=self.device)
+        self.threshold_buf = torch.full((count, steps), math.nan, device=self.device)
+        self.losses = np.full((count, steps), np.nan)  # the losses read so far, on the host
+        self.evals: list[list[dict[str, float]]] = [[] for _ in self.specs]
+        self.synced = 0  # steps whose losses are on the host and judged
+        with quiet_looped_ops(), noting_looped_ops(self.looped_ops):
+            self._record_evals(0, self.active)
+        self.batches = batches_forever(self.workload.train_data)
         self.bound.train()
-        for step in range(steps):
-            batch = next(batches)
+        while self.active.size:
+            # vmap's warning for an op it loops over is noted once (see noting_looped_ops) and
+            # silenced only around the batch's own steps, not for the rest of the process.
+            with quiet_looped_ops():
+                finished = self._advance()
+            yield from finished
+
+    def _advance(self) -> list[TrialResult]:
+        """Train step after step until some trials diverge or reach their end; their results."""
+        ends = np.array([s.steps for s in self.specs])
+        end_steps = set(ends.tolist())  # the steps at which some trial finishes, known up front
+        eval_every = self.specs[0].eval_every
+        finished: list[TrialResult] = []
+        while not finished:
+            step = self.steps_done
+            batch = next(self.batches)
             if not self.data_on_device:
-                batch = to_device(batch, device)
+                batch = to_device(batch, self.device)
             with noting_looped_ops(self.looped_ops) if step == 0 else nullcontext():
                 loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
             norms = torch.linalg.vector_norm(self.flat_grad, dim=1)  # get_total_norm, per trial
-            loss_buf[rows, step] = loss.detach()
-            norm_buf[rows, step] = norms
+            self.loss_buf[self.rows, step] = loss.detach()
+            self.norm_buf[self.rows, step] = norms
             if self.clipper is not None:
                 thresholds = self.clipper.threshold(norms, step)
-                threshold_buf[rows, step] = thresholds
+                self.threshold_buf[self.rows, step] = thresholds
                 scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)  # clip_grads_with_norm_'s formula
                 self.flat_grad.mul_(scale[:, None])
             self._step(self.lr_rows[:, step])
             self.steps_done = done = step + 1
 
             at_an_end = done in end_steps
-            if done - synced >= self.sync_every or at_an_end:
-                losses[active, synced:done] = loss_buf[rows, synced:done].cpu().numpy()
-                diverged = divergence_steps(
-                    losses[active, synced:done], losses[active, 0], self.detect.divergence_factor, offset=synced
-                )
-                synced = done
-                for i in np.flatnonzero(diverged):
-                    yield self._result(active[i], int(diverged[i]), start, losses, norm_buf, threshold_buf, evals)
-                if diverged.any():
-                    active, rows = self._keep(diverged == 0, active, rows)
-            finishing = ends[active] == done if at_an_end else None
+            if done - self.synced >= self.sync_every or at_an_end:
+                finished += self._judge_chunk(done)
+            finishing = ends[self.active] == done if at_an_end else None
             ending = finishing is not None and finishing.any()
             if done % eval_every == 0:
-                self._record_evals(done, active, evals)
+                self._record_evals(done, self.active)
             elif ending:  # as alone, a trial is evaluated at its own last step, not at others'
-                self._record_evals(done, active, evals, due=finishing)
+                self._record_evals(done, self.active, due=finishing)
             if ending:
-                for i in np.flatnonzero(finishing):
-                    yield self._result(active[i], done, start, losses, norm_buf, threshold_buf, evals)
-                active, rows = self._keep(~finishing, active, rows)
-            if active.size == 0:
-                return
+                finished += [self._result(self.active[i], done) for i in np.flatnonzero(finishing)]
+                self._keep(~finishing)
+            if self.active.size == 0:
+                break
+        return finished
+
+    def _judge_chunk(self, done: int) -> list[TrialResult]:
+        """Read the losses since the last read to the host and stop the trials that diverged."""
+        active, synced = self.active, self.synced
+        self.losses[active, synced:done] = self.loss_buf[self.rows, synced:done].cpu().numpy()
+        diverged = divergence_steps(
+            self.losses[active, synced:done], self.losses[active, 0], self.detect.divergence_factor, offset=synced
+        )
+        self.synced = done
+        results = [self._result(active[i], int(diverged[i])) for i in np.flatnonzero(diverged)]
+        if results:
+            self._keep(diverged == 0)
+        return results
 
     @torch.no_grad()
     def _step(self, lrs: torch.Tensor) -> None:
@@ -313,10 +336,10 @@ class TrialBatch:
         # 1 − lr rounds in float32, which shortened lr = 1e-5's step by 0.14%.
         torch.lerp(self.before, self.flat, lrs[:, None], out=self.flat)
 
-    def _keep(self, mask: np.ndarray, active: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    def _keep(self, mask: np.ndarray) -> None:
         """Drop finished trials' rows from everything stacked, so they cost nothing more."""
         index = torch.as_tensor(np.flatnonzero(mask), device=self.device)
-        old = len(active)
+        old = len(self.active)
         state = self.optimizer.state.get(self.flat, {})
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == old:
@@ -327,17 +350,15 @@ class TrialBatch:
         self.lr_rows = self.lr_rows[index]
         if self.clipper is not None:
             self.clipper.keep(index)
-        return active[mask], rows[index]
+        self.active, self.rows = self.active[mask], self.rows[index]
 
-    def _record_evals(
-        self, step: int, active: np.ndarray, evals: list[list[dict[str, float]]], due: np.ndarray | None = None
-    ) -> None:
+    def _record_evals(self, step: int, active: np.ndarray, due: np.ndarray | None = None) -> None:
         """Evaluate every active trial (one vmapped pass) and record the result for rows ``due``."""
         recorded = np.arange(len(active)) if due is None else np.flatnonzero(due)
         data = self.workload.eval_data
         if data is None:
             for row in recorded:
-                evals[active[row]].append({"step": step, "eval_loss": math.nan})
+                self.evals[active[row]].append({"step": step, "eval_loss": math.nan})
             return
         total = torch.zeros(len(active), device=self.device)
         correct = torch.zeros(len(active), device=self.device)
@@ -352,27 +373,19 @@ class TrialBatch:
                 count += batch_size_of(batch)
         totals, rights = total.tolist(), correct.tolist()
         for row in recorded:
-            evals[active[row]].append(eval_record(step, totals[row], rights[row], count, self.eval_terms.classified))
+            record = eval_record(step, totals[row], rights[row], count, self.eval_terms.classified)
+            self.evals[active[row]].append(record)
 
-    def _result(
-        self,
-        trial: int,
-        steps_run: int,
-        start: float,
-        losses: np.ndarray,
-        norm_buf: torch.Tensor,
-        threshold_buf: torch.Tensor,
-        evals: list[list[dict[str, float]]],
-    ) -> TrialResult:
+    def _result(self, trial: int, steps_run: int) -> TrialResult:
         result = trial_result(
             self.specs[trial],
             self.detect,
             self.eval_terms.num_classes,
-            start,
+            self.start,
             self.lr_tables[trial],
-            losses[trial, :steps_run],
-            norm_buf[trial, :steps_run].cpu().numpy(),
-            threshold_buf[trial, :steps_run].cpu().numpy(),
-            evals[trial],
+            self.losses[trial, :steps_run],
+            self.norm_buf[trial, :steps_run].cpu().numpy(),
+            self.threshold_buf[trial, :steps_run].cpu().numpy(),
+            self.evals[trial],
         )
         return dataclasses.replace(result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from stabsweep.config.schema import ClipConfig, DetectConfig, OptimizerConfig, ScheduleConfig, WorkloadConfig
-from stabsweep.engine.trial import TrialSpec, TrialStatus
-from stabsweep.training.trainer import train_trial
+from stabsweep.records import TrialSpec, TrialStatus
+from stabsweep.training.sequential import train_trial
 from stabsweep.workloads import Workload, resolve_factory
 from tests.reference import dropout_workload, plain_losses
 
@@ -103,7 +103,7 @@ def test_a_trial_that_raises_is_failed_not_a_crash():
 
 def test_chunked_sync_cuts_records_and_evals_at_the_diverged_step(monkeypatch):
     """The GPU path reads metrics every 32 steps; nothing past the bad step may survive."""
-    from stabsweep.training import trainer
+    from stabsweep.training import sequential as trainer
 
     monkeypatch.setattr(trainer, "CPU_SYNC_EVERY", 32)
     spec = TrialSpec(0, 50.0, 0, 200, eval_every=2, schedule=ScheduleConfig())

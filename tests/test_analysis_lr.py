@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from stabsweep.analysis.findings import lr_findings
+from stabsweep.analysis.lr import lr_findings
 
 
 def trials(rows):

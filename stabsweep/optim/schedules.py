@@ -1,4 +1,4 @@
-"""Learning-rate schedules by name (DESIGN §2), built on ``torch.optim.lr_scheduler``.
+"""Learning-rate schedules by name (docs/contract.md, "Config"), built on ``torch.optim.lr_scheduler``.
 
 A schedule is turned into an *lr table* once, before a trial starts: the learning rate of
 every step, computed by stepping the real torch scheduler on a throw-away optimizer. The
@@ -178,7 +178,7 @@ def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
 def lr_table(name: str, kwargs: dict[str, Any], base_lr: float, steps: int, prepend_warmup: int = 0) -> np.ndarray:
     """The learning rate of every step, from the torch scheduler stepped ``steps`` times.
 
-    ``prepend_warmup > 0`` puts a linear warmup in front of the schedule (DESIGN §5): the
+    ``prepend_warmup > 0`` puts a linear warmup in front of the schedule (docs/contract.md, "Detection rules"): the
     table then has ``prepend_warmup + steps`` entries, a ``LinearLR`` ramp from 0 up to the
     schedule's first rate (``base_lr`` for all but one_cycle and cyclic), then the schedule
     unchanged. Joining the two tables rather than nesting schedulers works for every

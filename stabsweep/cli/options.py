@@ -1,0 +1,183 @@
+"""The options every command shares, declared once, and the one place errors become exit codes.
+
+:class:`CommonOptions` declares each shared option once, as an ``Annotated`` field; the
+:func:`command` decorator adds those fields to a command's own parameters, so typer shows them
+on every command and the command receives them as one ``options`` object. Adding a command is
+its own options plus the decorator.
+
+Exit codes: 0 success (instability found is still success), 1 an internal error, 2 bad input,
+3 the run completed but its result is a failure the user must act on (nothing trained), 130
+interrupted (finished trials are kept; rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import sys
+import traceback
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from stabsweep.config.names import EngineName, ExecutorName
+from stabsweep.errors import RunFailed, UserError
+
+
+@dataclasses.dataclass
+class CommonOptions:
+    """What every command takes; each field is a typer option, declared here and nowhere else."""
+
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run folder; results go to OUT/<command>/. Default: runs/<config name>/."),
+    ] = None
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a config key, e.g. --set train.steps=200 (repeatable; values are YAML).",
+        ),
+    ] = None
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: the config's device).")
+    ] = None
+    resume: Annotated[bool, typer.Option("--resume", help="Keep finished trials and run only the missing ones.")] = (
+        False
+    )
+    force: Annotated[bool, typer.Option("--force", help="Delete this command's earlier results and start over.")] = (
+        False
+    )
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False
+    json_output: Annotated[bool, typer.Option("--json", help="Print summary.json on stdout (for CI smoke runs).")] = (
+        False
+    )
+    engine: Annotated[
+        EngineName | None,
+        typer.Option(
+            "--engine", help="auto: trials as one vectorized computation where the model allows (execution.engine)."
+        ),
+    ] = None
+    executor: Annotated[
+        ExecutorName | None,
+        typer.Option("--executor", help="local, process (a worker per core or GPU) or ray (execution.executor)."),
+    ] = None
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Worker processes for --executor process (execution.workers)."),
+    ] = None
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", help="Ray cluster to join, e.g. auto or ray://head:10001 (execution.ray.address)."
+        ),
+    ] = None
+
+    def flag_overrides(self) -> dict[str, tuple[str, Any]]:
+        """The options that set a config key: key -> (the option, its value), for those given."""
+        keys = {
+            "device": ("--device", self.device),
+            "execution.engine": ("--engine", self.engine),
+            "execution.executor": ("--executor", self.executor),
+            "execution.workers": ("--workers", self.workers),
+            "execution.ray.address": ("--ray-address", self.ray_address),
+        }
+        return {key: flag for key, flag in keys.items() if flag[1] is not None}
+
+
+class _FlagsWithoutType:
+    """Help that shows no ``<bool>`` type for flags (``--help``, ``--force``): a flag takes no
+    value, so there is no type to show."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsWithoutType, TyperCommand):
+    """Every stabsweep command."""
+
+
+class Group(_FlagsWithoutType, TyperGroup):
+    """The ``stabsweep`` group itself."""
+
+
+def command(body: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``body`` (which takes ``options: CommonOptions`` and its own options) every common option."""
+    own = [p for p in inspect.signature(body, eval_str=True).parameters.values() if p.name != "options"]
+    hints = typing.get_type_hints(CommonOptions, include_extras=True)
+    common = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+        for f in dataclasses.fields(CommonOptions)
+    ]
+
+    @functools.wraps(body)
+    def wrapper(**kwargs: Any) -> Any:
+        options = CommonOptions(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(CommonOptions)})
+        return body(options=options, **kwargs)
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+class Session:
+    """A command's run: its options, and the context a procedure runs in once a config is read."""
+
+    def __init__(self, name: str, options: CommonOptions) -> None:
+        self.name, self.options, self.ctx = name, options, None
+
+    def context(self, config_path: Path, default_out: Path | None = None, extra_overrides: list[str] = ()) -> Any:
+        from stabsweep.config.loader import load_config, parse_overrides
+        from stabsweep.procedures.context import Context, RunOptions
+        from stabsweep.report.console import make_console
+
+        options = self.options
+        overrides = parse_overrides([*(options.set_ or []), *extra_overrides], flags=options.flag_overrides())
+        config = load_config(config_path, overrides)
+        run_options = RunOptions(
+            out=options.out or default_out,
+            resume=options.resume,
+            force=options.force,
+            quiet=options.quiet or options.json_output,
+        )
+        self.ctx = Context(config, run_options, make_console(quiet=run_options.quiet))
+        return self.ctx
+
+    def execute(self, body: Callable[[], dict[str, Any]]) -> None:
+        """Run a command body and turn its outcome into output and an exit code."""
+        from stabsweep.report.console import make_console
+
+        console = make_console(quiet=False)
+        try:
+            summary = body()
+        except UserError as exc:
+            console.print(f"error: {exc.message}", markup=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except RunFailed as exc:
+            self._print_json(exc.summary)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            where = f" in {self.ctx.run_root / self.name}" if self.ctx else ""
+            console.print(f"interrupted: finished trials are saved{where}; rerun with --resume to finish", markup=False)
+            raise typer.Exit(130) from None
+        except Exception:  # noqa: BLE001 - a bug of ours: say so, with the traceback for a report
+            console.print("internal error (a bug in stabsweep, please report it):", markup=False)
+            console.print(traceback.format_exc(), markup=False)
+            raise typer.Exit(1) from None
+        self._print_json(summary)
+
+    def _print_json(self, summary: dict[str, Any] | None) -> None:
+        if self.options.json_output and summary is not None:
+            sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")

@@ -1,0 +1,132 @@
+"""The records every layer shares: what a trial is, how it ended, and what it logged.
+
+This module sits at the bottom of the import graph and imports nothing of the package, so
+the engine, the training loops, the analysis and the procedures can all depend on it without
+depending on one another (the model is Optuna's ``trial/_state.py`` and ``_frozen.py``).
+A status is :class:`TrialStatus` everywhere; which statuses are feasible, infeasible or a
+sign of instability is said here once, and a status read back from a CSV file is turned
+into the enum by :meth:`TrialStatus.of`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TrialStatus(str, enum.Enum):
+    """How a trial ended (the detection rules in ``analysis/rules.py`` decide which)."""
+
+    OK = "ok"
+    UNSTABLE = "unstable"  # feasible, but the loss went up during training
+    DIVERGED = "diverged"  # non-finite loss, or loss above divergence_factor × initial
+    LEARNED_NOTHING = "learned_nothing"  # final loss not below the initial loss, or at chance
+    FAILED = "failed"  # raised: out of memory, a bug in a user factory
+
+    def __str__(self) -> str:  # what a CSV cell and a message show
+        return self.value
+
+    @classmethod
+    def of(cls, value: Any) -> TrialStatus:
+        """The status a CSV cell or a summary holds, as the enum."""
+        return value if isinstance(value, cls) else cls(str(value))
+
+    @property
+    def feasible(self) -> bool:
+        """Trained, and its objective counts: ok, or unstable but still learning."""
+        return self in FEASIBLE
+
+    @property
+    def infeasible(self) -> bool:
+        """Trained, but its objective means nothing: diverged, or learned nothing."""
+        return self in INFEASIBLE
+
+    @property
+    def failing(self) -> bool:
+        """The rate is past what trains well: diverged, unstable or learned nothing.
+        The unstable base rate is the smallest rate above lr* with a failing trial."""
+        return self in FAILING
+
+
+FEASIBLE = frozenset({TrialStatus.OK, TrialStatus.UNSTABLE})
+INFEASIBLE = frozenset({TrialStatus.DIVERGED, TrialStatus.LEARNED_NOTHING})
+FAILING = frozenset({TrialStatus.DIVERGED, TrialStatus.UNSTABLE, TrialStatus.LEARNED_NOTHING})
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One training run of a sweep; trials differ only in these fields."""
+
+    trial_id: int
+    lr: float  # the base learning rate (the schedule's peak)
+    seed: int
+    steps: int  # total steps, warmup included
+    eval_every: int
+    schedule: Any  # config.schema.ScheduleConfig
+    warmup_steps: int = 0  # a linear ramp prepended to the schedule
+    clip: Any = None  # config.schema.ClipConfig, or None for no clipping
+    columns: dict[str, Any] = field(default_factory=dict)  # swept values written to trials.csv
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What all trials of one sweep share: the workload, optimizer, rules, device and engine."""
+
+    factory: Any  # workloads.factory.WorkloadFactory: called with a seed, returns a Workload
+    optimizer: Any  # config.schema.OptimizerConfig
+    detect: Any  # config.schema.DetectConfig
+    device: str  # a resolved torch device string, e.g. "cpu" or "cuda:0"
+    engine: str = "auto"  # auto | vectorized | sequential
+    max_batch: int = 64  # most trials in one vectorized computation
+    checkpoint_dir: str | None = None  # where a running batch saves itself; None: never
+    checkpoint_every: float = 0.0  # seconds between saves; 0: never
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """Per-step records of one trial, as arrays (one entry per step that ran)."""
+
+    lr: Any  # np.ndarray of float
+    train_loss: Any
+    grad_norm: Any  # the global norm before clipping
+    clip_threshold: Any  # NaN where no clipping was in force
+    clipped: Any  # bool
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A finished trial: immutable, written to the results folder as soon as it exists."""
+
+    spec: TrialSpec
+    status: TrialStatus
+    reason: str
+    steps_run: int
+    wall_seconds: float
+    best_eval_loss: float | None = None
+    final_train_loss: float | None = None
+    diverged_step: int | None = None
+    error: str | None = None
+    steps: StepLog | None = None
+    evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "eval_loss", ...}
+    engine: str = "sequential"  # "vectorized" when it ran in a batch of trials
+    fallback: str | None = None  # why a trial meant for a batch ran alone
+    looped_ops: tuple[str, ...] = ()  # ops its batch ran trial by trial: vmap has no batching rule for them
+    notes: tuple[str, ...] = ()  # side features that were switched off for this trial, and why
+
+    def row(self) -> dict[str, Any]:
+        """The trials.csv row (docs/contract.md, "Output files")."""
+        return {
+            "trial_id": self.spec.trial_id,
+            "lr": self.spec.lr,
+            **self.spec.columns,
+            "seed": self.spec.seed,
+            "status": self.status.value,
+            "reason": self.reason,
+            "best_eval_loss": self.best_eval_loss,
+            "final_train_loss": self.final_train_loss,
+            "diverged_step": self.diverged_step,
+            "steps_run": self.steps_run,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "error": self.error,
+        }
