@@ -20,6 +20,15 @@ class UserError(Exception):
         self.message = message
 
 
+class ConfigKeyError(ValueError):
+    """A config value is wrong at a key below the one being validated (``[2]`` of a list, an
+    argument of a schedule): the loader adds ``key`` to the path it names."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
 class RunFailed(Exception):
     """The run completed and its files are written, but its result is a failure the user must
     act on (nothing trained, a check failed). Exit code 3, after the summary is printed."""
@@ -37,3 +46,15 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, never expanding a deep or huge structure
+    (a YAML alias bomb is a billion elements behind a few references)."""
+    import reprlib
+
+    shorter = reprlib.Repr()
+    shorter.maxstring = shorter.maxother = limit
+    shorter.maxlevel, shorter.maxlist, shorter.maxdict = 3, 4, 4
+    text = shorter.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "stabsweep"
 
 # Lowest first. A module may import its own package and any package of a lower layer.
 LAYERS = [
-    {"errors", "records", "version"},  # the records every layer shares; they import nothing of the package
+    {"errors", "records", "version", "numbers"},  # the records every layer shares; they import nothing of the package
     {"optim", "workloads"},  # registries of optimizers and schedules; the workload API and built-ins
     {"config"},  # the schema checks names against those registries
     {"analysis"},  # the rules and the findings: functions of records and config

@@ -55,7 +55,11 @@ def error_of(path, overrides=None) -> str:
         (MINIMAL.replace("[0.05, 50.0]", "{min: 1, max: 0.1, num: 3}"), ["lr_sweep.lrs", "greater than min"]),
         (MINIMAL + "device: gpu\n", ["device", "cuda"]),
         (MINIMAL.replace("name: t\n", ""), ["name", "missing"]),
-        (MINIMAL + "train: {schedule: {name: cosine, warmup: 3}}\n", ["train.schedule", "min_factor"]),
+        (
+            MINIMAL.replace("optimizer: {name: momentum}", "schedule: {name: cosine, warmup: 3}"),
+            ["train.schedule", "min_factor"],
+        ),
+        (MINIMAL + "train: {steps: 3}\n", ["key 'train' is written twice (lines 3 and 5)"]),
     ],
 )
 def test_bad_configs_name_file_key_and_expectation(write_config, text, expected):

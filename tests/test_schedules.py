@@ -91,14 +91,19 @@ def test_prepended_warmup_ramps_then_runs_the_schedule(name):
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs", "match"),
+    ("name", "kwargs", "key", "match"),
     [
-        ("cosin", {}, "did you mean 'cosine'"),
-        ("warmup", {"after": "exp"}, "after"),
-        ("cosine", {"warmup_steps": 3}, "no argument"),
-        ("cyclic", {"mode": "exp"}, "triangular"),
+        ("cosin", {}, None, "did you mean 'cosine'"),
+        ("warmup", {"after": "exp"}, "after", "'constant', 'cosine' or 'linear'"),
+        ("cosine", {"warmup_steps": 3}, "warmup_steps", "no argument"),
+        ("cyclic", {"mode": "exp"}, "mode", "triangular"),
+        ("warmup", {"warmup_steps": -3}, "warmup_steps", "greater than or equal to 1"),
+        ("warmup", {"warmup_steps": True}, "warmup_steps", "not true"),
+        ("one_cycle", {"pct_start": float("nan")}, "pct_start", "finite"),
+        ("sgdr", {"period": 2.5}, "period", "integer"),
     ],
 )
-def test_bad_schedules(name, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_schedules_name_the_argument(name, kwargs, key, match):
+    with pytest.raises(ValueError, match=match) as info:
         check_schedule(name, kwargs)
+    assert getattr(info.value, "key", None) == key

@@ -158,6 +158,7 @@ class Session:
     def execute(self, body: Callable[[], dict[str, Any]]) -> None:
         """Run a command body and turn its outcome into output and an exit code."""
         from stabsweep.report.console import make_console
+        from stabsweep.results.lock import release_all
 
         console = make_console(quiet=False)
         try:
@@ -176,6 +177,8 @@ class Session:
             console.print("internal error (a bug in stabsweep, please report it):", markup=False)
             console.print(traceback.format_exc(), markup=False)
             raise typer.Exit(1) from None
+        finally:
+            release_all()
         self._print_json(summary)
 
     def _print_json(self, summary: dict[str, Any] | None) -> None:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from stabsweep.config.schema import Config
-from stabsweep.errors import UserError, did_you_mean
+from stabsweep.errors import ConfigKeyError, UserError, did_you_mean, short_repr
 
 
 class Overrides(dict):
@@ -62,18 +62,54 @@ def _apply_override(data: dict[str, Any], key: str, value: Any, origin: str) -> 
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | Overrides | None = None) -> Config:
-    """Read, override and validate a config file; raise UserError on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key written twice in one mapping is an error: the second
+    would silently win, and the user would sweep something other than what they read."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {short_repr(key)} is written twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at ``path``; any problem with the file is a UserError naming it."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path}: not a UTF-8 text file (byte {exc.start} is not valid UTF-8); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: the YAML nests too deeply to be a config") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | Overrides | None = None) -> Config:
+    """Read, override and validate a config file; raise UserError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys (name, workload, train, ...) at the top")
     if not isinstance(overrides, Overrides):
@@ -110,8 +146,11 @@ def _explain(exc: ValidationError, source: str, overrides: Overrides) -> str:
     errors = exc.errors()
     first = errors[0]
     loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    below = (first.get("ctx") or {}).get("error")
+    if isinstance(below, ConfigKeyError):  # a list entry or an argument named by the check itself
+        loc = (*loc, below.key)
     key = _format_loc(loc)
-    set_by = next((k for k in overrides if key == k or key.startswith(k + ".")), None)
+    set_by = next((k for k in overrides if key == k or key.startswith((k + ".", k + "["))), None)
     origin = overrides.origin(set_by) if set_by is not None else source
     if first["type"] == "extra_forbidden":
         known = _fields_at(loc[:-1])
@@ -124,7 +163,7 @@ def _explain(exc: ValidationError, source: str, overrides: Overrides) -> str:
         message = re.sub(r"a valid dictionary or instance of \w+", "a mapping of keys", first["msg"])
         message = message.removeprefix("Value error, ")
         if "input" in first and first["type"] not in ("value_error", "assertion_error"):
-            message += f" (got {first['input']!r})"
+            message += f" (got {short_repr(first['input'])})"
     more = f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
     where = "" if set_by == key else f"{key or '<top>'}: "
     return f"{origin}: {where}{message}{more}"
@@ -138,7 +177,12 @@ def _is_union_tag(part: Any) -> bool:
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("["):
+            out += str(part)
+        else:
+            out += f".{part}" if out else str(part)
     return out
 
 

@@ -8,15 +8,24 @@ arguments for torch, checked against the real constructor's signature.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from stabsweep.config.names import DEVICE_PATTERN, EngineName, ExecutorName
+from stabsweep.errors import ConfigKeyError, short_repr
+from stabsweep.numbers import Float, Int
+
+# Upper bounds that catch a typo (1e26 steps) long before it becomes an allocation error.
+MAX_STEPS = 100_000_000
+MAX_LR = 1.0e6
+MAX_COUNT = 10_000_000  # batch sizes, windows, trials
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # a run name: one safe path component
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class WorkloadConfig(_Strict):
@@ -25,7 +34,7 @@ class WorkloadConfig(_Strict):
     name: str | None = None  # built-in: mlp, cnn, transformer
     factory: str | None = None  # "path/to/file.py:build" or "package.module:build"
     args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the factory
-    batch_size: int = Field(64, ge=1)  # passed to the factory as `batch_size`
+    batch_size: Int = Field(64, ge=1, le=MAX_COUNT)  # passed to the factory as `batch_size`
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkloadConfig:
@@ -87,12 +96,12 @@ class ScheduleConfig(BaseModel):
 class ClipConfig(_Strict):
     """Gradient clipping: exactly one of a fixed threshold, a percentile or a z-score rule."""
 
-    threshold: float | None = Field(None, gt=0)  # fixed λ: g ← λ·g/‖g‖ when ‖g‖ > λ
-    percentile: float | None = Field(None, gt=0, le=100)  # adaptive (AutoClip-style)
-    window: int = Field(1000, ge=1)  # how many recent unclipped norms the percentile sees
-    zscore: float | None = Field(None, gt=0)  # adaptive (ZClip-style): clip above mean + z·std
-    ema_decay: float = Field(0.97, gt=0, lt=1)  # EMA decay of the z-score rule's mean and variance
-    warmup: int = Field(25, ge=0)  # steps the z-score rule only observes before it clips
+    threshold: Float | None = Field(None, gt=0)  # fixed λ: g ← λ·g/‖g‖ when ‖g‖ > λ
+    percentile: Float | None = Field(None, gt=0, le=100)  # adaptive (AutoClip-style)
+    window: Int = Field(1000, ge=1, le=MAX_COUNT)  # how many recent unclipped norms the percentile sees
+    zscore: Float | None = Field(None, gt=0, le=1000)  # adaptive (ZClip-style): clip above mean + z·std
+    ema_decay: Float = Field(0.97, gt=0, lt=1)  # EMA decay of the z-score rule's mean and variance
+    warmup: Int = Field(25, ge=0, le=MAX_STEPS)  # steps the z-score rule only observes before it clips
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ClipConfig:
@@ -103,8 +112,8 @@ class ClipConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(1000, ge=1)  # max_train_steps
-    eval_every: int = Field(50, ge=1)  # evaluate after every this many steps
+    steps: Int = Field(1000, ge=1, le=MAX_STEPS)  # max_train_steps
+    eval_every: Int = Field(50, ge=1, le=MAX_STEPS)  # evaluate after every this many steps
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig | None = None  # null | number | {percentile: 90, window: 1000} | {zscore: 2.5}
@@ -123,9 +132,9 @@ class TrainConfig(_Strict):
 
 
 class LogGrid(_Strict):
-    min: float = Field(gt=0)
-    max: float = Field(gt=0)
-    num: int = Field(ge=2)
+    min: Float = Field(gt=0, le=MAX_LR)
+    max: Float = Field(gt=0, le=MAX_LR)
+    num: Int = Field(ge=2, le=1000)
 
     @model_validator(mode="after")
     def _ordered(self) -> LogGrid:
@@ -139,26 +148,34 @@ class LogGrid(_Strict):
         return [float(f"{10 ** (lo + i * step):.6g}") for i in range(self.num)]
 
 
+def positive_numbers(value: Any, what: str, integer: bool = False, top: float = MAX_LR) -> list[Any]:
+    """A non-empty list of finite positive numbers (integers when ``integer``), each ≤ ``top``;
+    anything else is an error naming the first bad entry by its index."""
+    kind = "positive integers" if integer else "positive numbers"
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of {what} ({kind})")
+    for i, item in enumerate(value):
+        number = isinstance(item, (int, float)) and not isinstance(item, bool)
+        if not number or not math.isfinite(item) or item <= 0 or (integer and item != int(item)) or item > top:
+            raise ConfigKeyError(f"[{i}]", f"expected a {kind[:-1]} up to {top:g} (got {short_repr(item)})")
+    return [int(v) for v in value] if integer else [float(v) for v in value]
+
+
 class LrSweepConfig(_Strict):
     lrs: LogGrid | list[float] = Field(default_factory=lambda: LogGrid(min=1e-4, max=10, num=11))
-    early_check_steps: int = Field(500, ge=1)  # length of --early-check's run
-    early_check_multiplier: float = Field(2.0, gt=0)  # --early-check trains at this × best_lr
+    early_check_steps: Int = Field(500, ge=1, le=MAX_STEPS)  # length of --early-check's run
+    early_check_multiplier: Float = Field(2.0, gt=0, le=MAX_LR)  # --early-check trains at this × best_lr
 
     @field_validator("lrs", mode="before")
     @classmethod
     def _grid_or_list(cls, value: Any) -> Any:
-        if not isinstance(value, (dict, list, LogGrid)):
-            raise ValueError("expected {min: X, max: Y, num: N} (log-spaced) or a list of learning rates")
-        return value
-
-    @field_validator("lrs")
-    @classmethod
-    def _positive(cls, value: LogGrid | list[float]) -> LogGrid | list[float]:
         if isinstance(value, list):
-            if not value:
-                raise ValueError("the list of learning rates is empty")
-            if any(v <= 0 for v in value):
-                raise ValueError("learning rates must be positive")
+            return positive_numbers(value, "learning rates")
+        if not isinstance(value, (dict, LogGrid)):
+            raise ValueError(
+                f"expected {{min: X, max: Y, num: N}} (log-spaced) or a list of learning rates "
+                f"(got {short_repr(value)})"
+            )
         return value
 
     def values(self) -> list[float]:
@@ -168,41 +185,42 @@ class LrSweepConfig(_Strict):
 class WarmupSweepConfig(_Strict):
     multipliers: list[float] = Field(default_factory=lambda: [10.0])  # base_lr = m × unstable
     warmup_steps: list[int] = Field(default_factory=lambda: [10, 100, 1000, 10000])
-    max_fraction: float = Field(0.1, gt=0, le=1)  # candidates above this share of train.steps are dropped
-    warn_fraction: float = Field(0.05, gt=0, le=1)  # warn when the pick exceeds this share
+    max_fraction: Float = Field(0.1, gt=0, le=1)  # candidates above this share of train.steps are dropped
+    warn_fraction: Float = Field(0.05, gt=0, le=1)  # warn when the pick exceeds this share
     confirm: bool = True  # run the full-length schedule with the picked warmup
 
-    @field_validator("warmup_steps")
+    @field_validator("warmup_steps", mode="before")
     @classmethod
-    def _positive_steps(cls, value: list[int]) -> list[int]:
-        if not value or any(v < 1 for v in value):
-            raise ValueError("warmup_steps must be a non-empty list of positive integers")
-        return sorted(set(value))
+    def _positive_steps(cls, value: Any) -> list[int]:
+        return sorted(set(positive_numbers(value, "warmup lengths in steps", integer=True, top=MAX_STEPS)))
 
-    @field_validator("multipliers")
+    @field_validator("multipliers", mode="before")
     @classmethod
-    def _positive_multipliers(cls, value: list[float]) -> list[float]:
-        if not value or any(v <= 0 for v in value):
-            raise ValueError("multipliers must be a non-empty list of positive numbers")
-        return sorted(set(value))
+    def _positive_multipliers(cls, value: Any) -> list[float]:
+        return sorted(set(positive_numbers(value, "multipliers of the unstable rate")))
 
 
 class ClipSweepConfig(_Strict):
-    percentile: float = Field(90.0, gt=0, le=100)  # the recommended threshold's percentile
+    percentile: Float = Field(90.0, gt=0, le=100)  # the recommended threshold's percentile
     percentiles: list[float] = Field(default_factory=lambda: [50.0, 75.0, 90.0, 99.0])
-    aggressive_fraction: float = Field(0.5, gt=0, le=1)  # more clipped than this: too aggressive
+    aggressive_fraction: Float = Field(0.5, gt=0, le=1)  # more clipped than this: too aggressive
+
+    @field_validator("percentiles", mode="before")
+    @classmethod
+    def _percentiles(cls, value: Any) -> list[float]:
+        return sorted(set(positive_numbers(value, "percentiles", top=100)))
 
 
 class DetectConfig(_Strict):
     """Thresholds of the detection rules; the README's "Detection rules" explains each."""
 
-    divergence_factor: float = Field(4.0, gt=1)  # diverged: loss > this × initial loss
-    smoothing: int = Field(20, ge=1)  # EMA span (steps) of the smoothed training loss
-    min_improvement: float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed > (1 - this) × initial
-    chance_tolerance: float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed ≥ (1 - this) × ln C
-    early_fraction: float = Field(0.1, gt=0, le=1)  # early instability looks at this share of steps
-    early_spike_factor: float = Field(2.0, gt=1)  # early instability: a loss above this × initial
-    rise_fraction: float = Field(0.25, gt=0, le=1)  # mid-training: a rise giving back this share of progress
+    divergence_factor: Float = Field(4.0, gt=1, le=1e6)  # diverged: loss > this × initial loss
+    smoothing: Int = Field(20, ge=1, le=MAX_STEPS)  # EMA span (steps) of the smoothed training loss
+    min_improvement: Float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed > (1 - this) × initial
+    chance_tolerance: Float = Field(0.05, ge=0, lt=1)  # learned nothing: final smoothed ≥ (1 - this) × ln C
+    early_fraction: Float = Field(0.1, gt=0, le=1)  # early instability looks at this share of steps
+    early_spike_factor: Float = Field(2.0, gt=1, le=1e6)  # early instability: a loss above this × initial
+    rise_fraction: Float = Field(0.25, gt=0, le=1)  # mid-training: a rise giving back this share of progress
 
     @model_validator(mode="after")
     def _spike_below_divergence(self) -> DetectConfig:
@@ -218,24 +236,25 @@ class RayConfig(_Strict):
     """Where the ray executor runs and what each of its tasks asks for."""
 
     address: str | None = None  # "auto", "ray://head:10001", ...; default: start a local Ray
-    num_cpus: float = Field(1.0, gt=0)  # CPUs per task
-    num_gpus: float = Field(0.0, ge=0)  # GPUs per task; a fraction lets tasks share a GPU
-    trials_per_task: int | None = Field(None, ge=1)  # default: split over the cluster's free slots
+    num_cpus: Float = Field(1.0, gt=0, le=1024)  # CPUs per task
+    num_gpus: Float = Field(0.0, ge=0, le=64)  # GPUs per task; a fraction lets tasks share a GPU
+    trials_per_task: Int | None = Field(None, ge=1, le=MAX_COUNT)  # default: split over the cluster's free slots
 
 
 class ExecutionConfig(_Strict):
     """How trials run; never part of what a result means, so --resume may change it."""
 
     engine: EngineName = "auto"  # auto: vectorized where the model allows
-    max_batch: int = Field(64, ge=1)  # most trials in one vectorized computation
+    max_batch: Int = Field(64, ge=1, le=100_000)  # most trials in one vectorized computation
     executor: ExecutorName = "local"
-    workers: int | None = Field(None, ge=1)  # process: default one per GPU, else one per core
+    workers: Int | None = Field(None, ge=1, le=4096)  # process: default one per GPU, else one per core
+    checkpoint_every: Float = Field(300.0, ge=0, le=1e7)  # seconds between saves of a running batch; 0: never
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
 class Config(_Strict):
     name: str = Field(min_length=1)  # names the run folder: runs/<name>/
-    seed: int = 0  # every trial's weights and batch order
+    seed: Int = Field(0, ge=0, le=2**31 - 1)  # every trial's weights and batch order
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     workload: WorkloadConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -255,8 +274,16 @@ class Config(_Strict):
     @field_validator("device")
     @classmethod
     def _device_syntax(cls, value: str) -> str:
-        import re
-
         if not re.fullmatch(DEVICE_PATTERN, value):
-            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps (got {short_repr(value)})")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value) or value in (".", ".."):
+            raise ValueError(
+                "expected one folder name of letters, digits, '.', '_' and '-', at most 100, starting with a "
+                f"letter or digit: it names runs/<name>/ (choose another folder with --out) (got {short_repr(value)})"
+            )
         return value

@@ -27,11 +27,17 @@ def run_unit(specs: list[TrialSpec], job: TrialJob) -> list[TrialResult]:
 
 def split(specs: list[TrialSpec], parts: int, job: TrialJob) -> list[list[TrialSpec]]:
     """Trials dealt out round-robin, so each share mixes low and high rates and ends together;
-    one trial per share when the engine runs them one at a time anyway."""
+    one trial per share when the engine runs them one at a time anyway. The trials a
+    checkpoint continues stay together, as one share."""
+    from stabsweep.training.checkpoint import claim
+
+    claimed = [mine for _, mine in claim(specs, job.checkpoint_dir, job.engine)]
+    taken = {spec.trial_id for mine in claimed for spec in mine}
+    specs = [spec for spec in specs if spec.trial_id not in taken]
     if job.engine == "sequential":
-        return [[spec] for spec in specs]
+        return claimed + [[spec] for spec in specs]
     parts = max(1, min(parts, len(specs)))
-    return [specs[i::parts] for i in range(parts) if specs[i::parts]]
+    return claimed + [specs[i::parts] for i in range(parts) if specs[i::parts]]
 
 
 def lost(specs: list[TrialSpec], exc: BaseException) -> list[TrialResult]:

@@ -40,9 +40,20 @@ def vmap_cannot(exc: BaseException) -> bool:
 
 
 def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
+    """Run ``specs``: first the checkpoints that continue some of them, then the rest in batches."""
     import torch
 
+    from stabsweep.training.checkpoint import claim
+
     device = torch.device(job.device)
+    for state, mine in claim(specs, job.checkpoint_dir, job.engine):
+        wanted = {spec.trial_id for spec in mine}
+        if state["kind"] == "sequential":
+            results = _one_at_a_time(mine, job, device, resume=state)
+        else:
+            results = _vectorized(state["specs"], job, device, resume=state)
+        yield from (result for result in results if result.spec.trial_id in wanted)
+        specs = [spec for spec in specs if spec.trial_id not in wanted]
     if job.engine == "sequential":
         yield from _one_at_a_time(specs, job, device)
         return
@@ -54,26 +65,36 @@ def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
 
 
 def _one_at_a_time(
-    specs: list[TrialSpec], job: TrialJob, device: torch.device, fallback: str | None = None
+    specs: list[TrialSpec],
+    job: TrialJob,
+    device: torch.device,
+    fallback: str | None = None,
+    resume: dict | None = None,
 ) -> Iterator[TrialResult]:
     from stabsweep.training.sequential import train_trial
 
+    checkpoints = (job.checkpoint_dir, job.checkpoint_every)
     for spec in specs:
-        result = train_trial(spec, job.factory, job.optimizer, job.detect, device)
+        result = train_trial(spec, job.factory, job.optimizer, job.detect, device, checkpoints, resume)
         yield dataclasses.replace(result, fallback=fallback) if fallback else result
 
 
-def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> Iterator[TrialResult]:
+def _vectorized(
+    batch: list[TrialSpec], job: TrialJob, device: torch.device, resume: dict | None = None
+) -> Iterator[TrialResult]:
     """Run ``batch`` as one computation. What vmap cannot batch runs the rest one at a time;
     any other error fails the unfinished trials with that error, as it would alone."""
+    from stabsweep.training.checkpoint import Checkpointer
     from stabsweep.training.common import failed_result
     from stabsweep.training.vectorized import NotVectorizable, TrialBatch
 
     finished: set[int] = set()
     start = time.perf_counter()
+    trials = None
     try:
-        trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device)
-        for result in trials.run():
+        checkpointer = Checkpointer(job.checkpoint_dir, job.checkpoint_every, batch)
+        trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device, checkpointer)
+        for result in trials.run(resume):
             finished.add(result.spec.trial_id)
             yield result
         return
@@ -81,9 +102,10 @@ def _vectorized(batch: list[TrialSpec], job: TrialJob, device: torch.device) -> 
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - sorted below: a vmap limit, or a failure of the trials
         if not vmap_cannot(exc):
-            for spec in batch:
+            for i, spec in enumerate(batch):
                 if spec.trial_id not in finished:
-                    yield dataclasses.replace(failed_result(spec, exc, start, device), engine="vectorized")
+                    records = trials.records(i) if trials is not None else None
+                    yield dataclasses.replace(failed_result(spec, exc, start, device, records), engine="vectorized")
             return
         first_sentence = str(exc).split(". ")[0].splitlines()[0]
         reason = f"vmap raised {type(exc).__name__}: {first_sentence}"

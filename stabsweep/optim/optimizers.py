@@ -9,10 +9,11 @@ signature, so a misspelt ``momentun`` is an error, not a silent no-op.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from stabsweep.errors import did_you_mean
+from stabsweep.errors import ConfigKeyError, did_you_mean, short_repr
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,37 @@ def check_optimizer(name: str, kwargs: dict[str, Any]) -> None:
             f"expected one of {', '.join(OPTIMIZERS)}"
         )
     cls = optimizer_class(name)
-    accepted = [p for p in inspect.signature(cls).parameters if p not in _RESERVED]
-    for key in kwargs:
+    signature = inspect.signature(cls).parameters
+    accepted = [p for p in signature if p not in _RESERVED]
+    for key, value in kwargs.items():
         if key in _RESERVED:
-            raise ValueError(f"'{key}' is set by the sweep, not by the optimizer block")
+            raise ConfigKeyError(key, f"'{key}' is set by the sweep, not by the optimizer block")
         if key not in accepted:
-            raise ValueError(
-                f"{cls.__name__} has no argument '{key}'{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}"
+            raise ConfigKeyError(
+                key,
+                f"{cls.__name__} has no argument '{key}'{did_you_mean(key, accepted)}; it takes {', '.join(accepted)}",
             )
+        _check_value(key, value, signature[key].default)
     import torch
 
     try:  # let torch judge the values (negative momentum, betas out of range, ...)
         cls([torch.zeros(1, requires_grad=True)], lr=0.1, **optimizer_kwargs(name, kwargs))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{cls.__name__} rejected these arguments: {exc}") from None
+
+
+def _check_value(key: str, value: Any, default: Any) -> None:
+    """What torch does not check: a number given as true/false, a flag given as a number, NaN or
+    inf (``momentum: .nan`` passes torch's ``momentum < 0`` test and trains NaN)."""
+    numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if numeric and isinstance(value, bool):
+        raise ConfigKeyError(key, f"expected a number, not {str(value).lower()}")
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigKeyError(key, f"expected true or false (got {short_repr(value)})")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigKeyError(key, f"expected finite numbers (got {short_repr(value)})")
 
 
 def build_optimizer(name: str, kwargs: dict[str, Any], params: Any, lr: float) -> Any:

@@ -12,17 +12,24 @@ update is not wasted at lr = 0.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
-from stabsweep.errors import did_you_mean
+from stabsweep.errors import ConfigKeyError, did_you_mean, short_repr
+from stabsweep.numbers import Float, Int
 
-# builder(optimizer, steps, base_lr, **kwargs) -> torch LRScheduler
+# builder(optimizer, steps, base_lr, **kwargs) -> torch LRScheduler. The keyword arguments'
+# annotations are what a config may give them: check_schedule validates against them.
 ScheduleBuilder = Callable[..., Any]
+Steps = Annotated[Int, Field(ge=1, le=100_000_000)]
+Factor = Annotated[Float, Field(ge=0, le=1)]
+Positive = Annotated[Float, Field(gt=0, le=1e12)]
 
 
 def _ramp(optimizer: Any, warmup_steps: int) -> Any:
@@ -37,13 +44,13 @@ def constant(optimizer: Any, steps: int, base_lr: float) -> Any:
     return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def cosine(optimizer: Any, steps: int, base_lr: float, min_factor: float = 0.0) -> Any:
+def cosine(optimizer: Any, steps: int, base_lr: float, min_factor: Factor = 0.0) -> Any:
     from torch.optim.lr_scheduler import CosineAnnealingLR
 
     return CosineAnnealingLR(optimizer, T_max=max(steps - 1, 1), eta_min=min_factor * base_lr)
 
 
-def linear(optimizer: Any, steps: int, base_lr: float, min_factor: float = 0.0) -> Any:
+def linear(optimizer: Any, steps: int, base_lr: float, min_factor: Factor = 0.0) -> Any:
     from torch.optim.lr_scheduler import LinearLR
 
     return LinearLR(optimizer, start_factor=1.0, end_factor=max(min_factor, 1e-12), total_iters=max(steps - 1, 1))
@@ -56,9 +63,9 @@ def warmup(
     optimizer: Any,
     steps: int,
     base_lr: float,
-    warmup_steps: int = 100,
-    after: str = "constant",
-    min_factor: float = 0.0,
+    warmup_steps: Steps = 100,
+    after: Literal["constant", "cosine", "linear"] = "constant",
+    min_factor: Factor = 0.0,
 ) -> Any:
     """Linear warmup from 0 to base_lr over ``warmup_steps``, then constant, cosine or linear decay."""
     from torch.optim.lr_scheduler import SequentialLR
@@ -68,7 +75,7 @@ def warmup(
     return SequentialLR(optimizer, [_ramp(optimizer, warmup_steps), tail], milestones=[warmup_steps])
 
 
-def inverse_sqrt(optimizer: Any, steps: int, base_lr: float, warmup_steps: int = 100) -> Any:
+def inverse_sqrt(optimizer: Any, steps: int, base_lr: float, warmup_steps: Steps = 100) -> Any:
     """Transformer-style: linear warmup, then base_lr · sqrt(warmup / step).
 
     torch has no built-in for this one, so it is a LambdaLR with the formula written out.
@@ -80,7 +87,12 @@ def inverse_sqrt(optimizer: Any, steps: int, base_lr: float, warmup_steps: int =
 
 
 def sgdr(
-    optimizer: Any, steps: int, base_lr: float, period: int | None = None, period_mult: int = 1, min_factor: float = 0.0
+    optimizer: Any,
+    steps: int,
+    base_lr: float,
+    period: Steps | None = None,
+    period_mult: Steps = 1,
+    min_factor: Factor = 0.0,
 ) -> Any:
     """Cosine annealing with warm restarts every ``period`` steps (default a quarter of the run)."""
     from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
@@ -94,15 +106,13 @@ def cyclic(
     optimizer: Any,
     steps: int,
     base_lr: float,
-    mode: str = "triangular",
-    step_size_up: int | None = None,
-    min_factor: float = 0.1,
+    mode: Literal["triangular", "triangular2"] = "triangular",
+    step_size_up: Steps | None = None,
+    min_factor: Factor = 0.1,
 ) -> Any:
     """Cyclic lr between min_factor · lr and lr (the swept rate is the peak)."""
     from torch.optim.lr_scheduler import CyclicLR
 
-    if mode not in ("triangular", "triangular2"):
-        raise ValueError(f"cyclic mode must be triangular or triangular2, not {mode!r}")
     return CyclicLR(
         optimizer,
         base_lr=min_factor * base_lr,
@@ -117,10 +127,10 @@ def one_cycle(
     optimizer: Any,
     steps: int,
     base_lr: float,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    anneal_strategy: str = "cos",
+    pct_start: Annotated[Float, Field(gt=0, lt=1)] = 0.3,
+    div_factor: Positive = 25.0,
+    final_div_factor: Positive = 1e4,
+    anneal_strategy: Literal["cos", "linear"] = "cos",
 ) -> Any:
     """One-cycle: warm up to the swept rate, then anneal far below it. Momentum is not cycled."""
     from torch.optim.lr_scheduler import OneCycleLR
@@ -154,8 +164,17 @@ def schedule_args(name: str) -> list[str]:
     return [p for p in params if p not in ("optimizer", "steps", "base_lr")]
 
 
+@functools.cache
+def _arguments(name: str) -> Any:
+    """A pydantic model of the schedule's keyword arguments, from its builder's signature."""
+    params = inspect.signature(SCHEDULES[name], eval_str=True).parameters
+    fields = {arg: (params[arg].annotation, params[arg].default) for arg in schedule_args(name)}
+    return create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+
+
 def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
-    """Raise ValueError (a config error at the schedule's key path) for a bad name or argument."""
+    """Raise ValueError (a config error at the schedule's key path) for a bad name or argument;
+    a bad argument is a :class:`ConfigKeyError` naming it."""
     if name not in SCHEDULES:
         raise ValueError(
             f"unknown schedule '{name}'{did_you_mean(name, tuple(SCHEDULES))}; expected one of {', '.join(SCHEDULES)}"
@@ -164,11 +183,15 @@ def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
     for key in kwargs:
         if key not in accepted:
             takes = ", ".join(accepted) or "no arguments"
-            raise ValueError(
-                f"schedule '{name}' has no argument '{key}'{did_you_mean(key, accepted)}; it takes {takes}"
+            raise ConfigKeyError(
+                key, f"schedule '{name}' has no argument '{key}'{did_you_mean(key, accepted)}; it takes {takes}"
             )
-    if kwargs.get("after", "constant") not in _AFTER_WARMUP:
-        raise ValueError(f"'after' must be one of {', '.join(_AFTER_WARMUP)}")
+    try:
+        _arguments(name).model_validate(kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigKeyError(str(first["loc"][0]), f"{message} (got {short_repr(first['input'])})") from None
     try:
         lr_table(name, kwargs, base_lr=1.0, steps=4)
     except (ValueError, TypeError, ZeroDivisionError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +93,18 @@ class Context:
                     f"--resume: trial {spec.trial_id} ran at lr={saved:g} but is now planned at "
                     f"lr={spec.lr:g}; use --force to start over"
                 )
+        from stabsweep.training.checkpoint import prune
+
         todo = [s for s in specs if s.trial_id not in store.completed]
+        checkpoints = str(store.checkpoints)
+        job = dataclasses.replace(
+            job, checkpoint_dir=checkpoints, checkpoint_every=self.config.execution.checkpoint_every
+        )
         results = []
         with SweepProgress(self.console, label, total=len(specs), done=len(specs) - len(todo)) as progress:
             for result in self.executor.run(todo, job):
+                if result.spec.trial_id in store.completed:  # a resumed batch retrains it; written already
+                    continue
                 store.write(result)
                 progress.advance(result)
                 results.append(result)
@@ -103,6 +112,7 @@ class Context:
                     if note not in self.told:
                         self.told.add(note)
                         self.console.print(note, markup=False)
+        prune(checkpoints, store.completed)
         return results
 
 
@@ -111,6 +121,7 @@ def engine_notes(result: TrialResult) -> list[str]:
     notes = []
     if result.fallback:
         notes.append(f"running trials one at a time: {result.fallback}")
+    notes.extend(result.notes)
     if result.looped_ops:
         notes.append(
             f"vmap has no batching rule for {', '.join(result.looped_ops)}: the batch runs "

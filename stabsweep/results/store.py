@@ -20,6 +20,7 @@ import yaml
 from stabsweep.config.loader import dump_config
 from stabsweep.errors import UserError
 from stabsweep.records import TrialStatus
+from stabsweep.results import lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,8 +45,10 @@ class ResultsStore:
         """The store for a new run (``force`` clears old results, ``resume`` keeps them)."""
         if resume and force:
             raise UserError("--resume and --force contradict each other: give one")
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"{folder}: exists and is not a folder; give --out a folder")
+        for path in (folder, *folder.parents):
+            if path.exists() and not path.is_dir():
+                raise UserError(f"{path}: exists and is not a folder; give --out a folder")
+        lock.hold(folder)
         store = cls(folder)
         has_results = (folder / TRIALS).exists()
         if has_results and not (resume or force):
@@ -64,12 +67,18 @@ class ResultsStore:
         """Ids of the trials this folder holds a result for: resumed ones and those written since."""
         return set(self.completed_lrs)
 
+    @property
+    def checkpoints(self) -> Path:
+        """Where running batches save themselves (training/checkpoint.py)."""
+        return self.folder / "checkpoints"
+
     def clear(self) -> None:
         """Delete this command's results, so a run starts over."""
         for name in OUTPUTS:
             (self.folder / name).unlink(missing_ok=True)
-        for plot in (self.folder / "plots").glob("*.png"):
-            plot.unlink()
+        for pattern in ("plots/*.png", "checkpoints/*"):
+            for path in self.folder.glob(pattern):
+                path.unlink()
 
     def write_config(self, config: Config) -> None:
         (self.folder / "config.yaml").write_text(dump_config(config))

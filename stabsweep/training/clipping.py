@@ -49,6 +49,12 @@ class FixedClip:
     def keep(self, rows: torch.Tensor) -> None:
         self.values = self.values[rows]
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.values = state["values"].to(self.values.device)
+
 
 class PercentileClip:
     def __init__(self, configs: list[ClipConfig], device: torch.device) -> None:
@@ -72,8 +78,17 @@ class PercentileClip:
     def keep(self, rows: torch.Tensor) -> None:
         self.windows, self.q, self.history = self.windows[rows], self.q[rows], self.history[rows]
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"windows": self.windows, "q": self.q, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.history.device
+        self.windows, self.q, self.history = (state[k].to(device) for k in ("windows", "q", "history"))
+
 
 class ZScoreClip:
+    _STATE = ("z", "decay", "warmup", "mean", "var")
+
     def __init__(self, configs: list[ClipConfig], device: torch.device) -> None:
         import torch
 
@@ -101,8 +116,16 @@ class ZScoreClip:
         return torch.where(clipping, bar, math.inf)
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("z", "decay", "warmup", "mean", "var"):
+        for name in self._STATE:
             setattr(self, name, getattr(self, name)[rows])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.mean.device
+        for name in self._STATE:
+            setattr(self, name, state[name].to(device))
 
 
 Clipper = FixedClip | PercentileClip | ZScoreClip

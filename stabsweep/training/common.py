@@ -9,9 +9,11 @@ either way is the same training, judged by the same rules.
 from __future__ import annotations
 
 import math
+import random
+import sysconfig
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,31 +49,72 @@ def training_loss(workload: Workload, model: torch.nn.Module, batch: Any) -> tor
     return workload.loss_fn(model(inputs), targets)
 
 
-class EvalTerms:
-    """One eval batch's contribution: summed loss and, for classifiers, correct predictions.
+def classifies(outputs: Any, targets: Any) -> bool:
+    """Whether accuracy is well defined: integer targets, and float outputs with one more (last)
+    dimension holding at least two class scores (``[N, C]`` for ``[N]``, ``[N, T, V]`` for ``[N, T]``)."""
+    return (
+        isinstance(outputs, torch.Tensor)
+        and isinstance(targets, torch.Tensor)
+        and outputs.is_floating_point()
+        and not targets.is_floating_point()
+        and targets.dtype is not torch.bool
+        and outputs.ndim == targets.ndim + 1
+        and outputs.shape[:-1] == targets.shape
+        and outputs.shape[-1] >= 2
+    )
 
-    A function of tensors only, so the vectorized engine can run it under ``vmap``; what it
-    learns about the outputs' shape (a classifier? how many classes?) it keeps as attributes.
+
+class EvalTerms:
+    """One eval batch's sums: the loss times the batch size, and for classifiers the correct
+    and the labelled predictions, and each workload metric times the batch size.
+
+    A function of tensors only, so the vectorized engine can run it under ``vmap``. What it
+    learns at the first batch (a classifier? how many classes? which metrics work?) it keeps
+    as attributes; a metric that raises is dropped with a note, never failing the trial.
     """
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
-        self.classified = workload.loss is None
+        self.accuracy = workload.loss is None and workload.accuracy
+        self.metrics = dict(workload.metrics or {})
         self.num_classes = workload.num_classes
+        self.notes: list[str] = []
 
-    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         n = batch_size_of(batch)
         if self.workload.loss is not None:
-            loss = self.workload.loss(model, batch)
-            return loss * n, torch.zeros_like(loss)
+            return {"loss": self.workload.loss(model, batch) * n}
         inputs, targets = batch
         outputs = model(inputs)
         loss = self.workload.loss_fn(outputs, targets)
-        self.classified = self.classified and outputs.ndim == 2 and not targets.is_floating_point()
-        if not self.classified:
-            return loss * n, torch.zeros_like(loss)
-        self.num_classes = self.num_classes or outputs.shape[1]
-        return loss * n, (outputs.argmax(1) == targets).sum().to(loss.dtype)
+        sums = {"loss": loss * n}
+        if self.accuracy and classifies(outputs, targets):
+            self.num_classes = self.num_classes or int(outputs.shape[-1])
+            labelled = targets >= 0
+            sums["correct"] = ((outputs.argmax(-1) == targets) & labelled).sum().to(loss.dtype)
+            sums["labelled"] = labelled.sum().to(loss.dtype)
+        else:
+            self.accuracy = False
+        for name, metric in list(self.metrics.items()):
+            try:
+                sums[f"eval_{name}"] = metric(outputs, targets).to(loss.dtype).reshape(()) * n
+            except Exception as exc:  # noqa: BLE001 - a side metric never fails a trial
+                del self.metrics[name]
+                self.notes.append(f"metric '{name}' left out: it raised {type(exc).__name__}: {exc}")
+        return sums
+
+    def state_dict(self) -> dict[str, Any]:
+        """What was learned at the first eval, for a checkpoint."""
+        return {
+            "accuracy": self.accuracy,
+            "metrics": list(self.metrics),
+            "num_classes": self.num_classes,
+            "notes": list(self.notes),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.accuracy, self.num_classes, self.notes = state["accuracy"], state["num_classes"], list(state["notes"])
+        self.metrics = {name: fn for name, fn in self.metrics.items() if name in state["metrics"]}
 
 
 @contextmanager
@@ -92,10 +135,26 @@ def evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
             model.train()
 
 
-def eval_record(step: int, total: Any, correct: Any, count: int, classified: bool) -> dict[str, float]:
-    record = {"step": step, "eval_loss": float(total) / max(count, 1)}
-    if classified and count:
-        record["eval_accuracy"] = float(correct) / count
+def eval_sums(terms: Callable[[Any], dict[str, torch.Tensor]], data: Any, device: torch.device, on_device: bool):
+    """``terms`` of every eval batch, summed, and the number of examples seen. A key that a
+    batch did not return (a metric dropped part-way) is left out of the total."""
+    totals: dict[str, torch.Tensor] | None = None
+    count = 0
+    for batch in data:
+        if not on_device:
+            batch = to_device(batch, device)
+        sums = terms(batch)
+        totals = dict(sums) if totals is None else {k: totals[k] + sums[k] for k in totals if k in sums}
+        count += batch_size_of(batch)
+    return totals or {}, count
+
+
+def eval_record(step: int, sums: dict[str, float], count: int) -> dict[str, float]:
+    """The evals.csv row of one evaluation, from the sums over the eval data of ``count`` examples."""
+    record = {"step": step, "eval_loss": sums["loss"] / max(count, 1)}
+    if sums.get("labelled"):
+        record["eval_accuracy"] = sums["correct"] / sums["labelled"]
+    record.update({name: value / max(count, 1) for name, value in sums.items() if name.startswith("eval_")})
     return record
 
 
@@ -103,15 +162,74 @@ def batch_size_of(batch: Any) -> int:
     return len(batch[0]) if isinstance(batch, (list, tuple)) else 1
 
 
-def batches_forever(data: Any) -> Iterator[Any]:
-    """Re-iterate ``train_data`` as epochs; an empty epoch would loop forever, so it raises."""
-    while True:
-        empty = True
-        for batch in data:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("train_data yielded no batch")
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random state training may draw from: torch's (CPU, and the trial's GPU), Python's, numpy's."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class DataStream:
+    """``train_data`` re-iterated as epochs, knowing where it is, so a checkpoint can return to it.
+
+    The position is the epoch and the batches taken from it. At each epoch's start the
+    random state is noted: a DataLoader draws its shuffling and worker seeds from the global
+    random state (or its own generator) when an epoch starts, so replaying each epoch's
+    start from its noted state, and skipping the batches already taken, gives the same
+    stream again from a fresh workload (:meth:`restore`).
+    """
+
+    def __init__(self, data: Any, device: torch.device) -> None:
+        self.data, self.device = data, device
+        self.epoch, self.position = -1, 0
+        self.epoch_rng: list[dict[str, Any]] = []  # the random state as each epoch started
+        self.iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> DataStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            if self.iterator is None:
+                self.epoch, self.position = self.epoch + 1, 0
+                self.epoch_rng.append(rng_state(self.device))
+                self.iterator = iter(self.data)
+            try:
+                batch = next(self.iterator)
+            except StopIteration:
+                if self.position == 0:  # an empty epoch would loop forever
+                    raise ValueError("train_data yielded no batch") from None
+                self.iterator = None
+                continue
+            self.position += 1
+            return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "epoch_rng": self.epoch_rng}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Return a fresh stream over the same data to ``state``; leaves the random state changed."""
+        self.iterator = None
+        for epoch, noted in enumerate(state["epoch_rng"]):
+            set_rng_state(noted, self.device)
+            self.iterator = iter(self.data)
+            if epoch < state["epoch"]:
+                for _ in self.iterator:  # a whole epoch, as training took it
+                    pass
+            else:
+                for _ in range(state["position"]):
+                    next(self.iterator)
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.epoch_rng = list(state["epoch_rng"])
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -174,19 +292,41 @@ def step_log(lrs: np.ndarray, losses: np.ndarray, norms: np.ndarray, thresholds:
     )
 
 
-def failed_result(spec: TrialSpec, exc: BaseException, start: float, device: torch.device) -> TrialResult:
-    """The FAILED record of a trial that raised, naming where."""
+def failed_result(
+    spec: TrialSpec,
+    exc: BaseException,
+    start: float,
+    device: torch.device,
+    records: tuple[int, StepLog, list[dict[str, float]]] | None = None,
+) -> TrialResult:
+    """The FAILED record of a trial that raised, naming where in the user's code, with the
+    steps it ran (``records``: steps, their log and the evals so far) kept."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    steps, log, evals = records or (0, None, [])
     return TrialResult(
         spec,
         TrialStatus.FAILED,
-        f"raised {type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}",
-        steps_run=0,
+        f"raised {type(exc).__name__} at {where_raised(exc)}" + (f" after {steps} steps" if steps else ""),
+        steps_run=steps,
         wall_seconds=time.perf_counter() - start,
         error=f"{type(exc).__name__}: {exc}",
+        steps=log if steps else None,
+        evals=evals,
     )
+
+
+def where_raised(exc: BaseException) -> str:
+    """``file.py:line`` of the deepest frame in the user's code, else the deepest frame: the
+    place to look, not a line inside torch or stabsweep."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "an unknown place"
+    ours = (Path(__file__).resolve().parents[1], Path(torch.__file__).resolve().parent)
+    library = {Path(p).resolve() for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"])}
+    user = [f for f in frames if not any(Path(f.filename).resolve().is_relative_to(root) for root in (*ours, *library))]
+    frame = (user or frames)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno}"
 
 
 def read_records(records: list[torch.Tensor]) -> np.ndarray:

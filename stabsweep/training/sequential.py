@@ -10,6 +10,7 @@ records cut at the bad step).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -22,19 +23,23 @@ from torch.nn.utils import clip_grads_with_norm_
 from stabsweep.analysis.rules import diverged, divergence_step
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
+from stabsweep.training.checkpoint import Checkpointer
 from stabsweep.training.clipping import build_clipper
 from stabsweep.training.common import (
     CPU_SYNC_EVERY,
     GPU_SYNC_EVERY,
+    DataStream,
     EvalTerms,
-    batch_size_of,
-    batches_forever,
     eval_record,
+    eval_sums,
     evaluating,
     failed_result,
     lr_schedule,
     place_data,
     read_records,
+    rng_state,
+    set_rng_state,
+    step_log,
     to_device,
     training_loss,
     trial_result,
@@ -49,13 +54,18 @@ def train_trial(
     optimizer: Any,
     detect: Any,
     device: torch.device,
+    checkpoints: tuple[str | None, float] = (None, 0.0),
+    resume: dict[str, Any] | None = None,
 ) -> TrialResult:
-    """Run one trial; an exception inside it is a FAILED result, never a crash of the sweep."""
+    """Run one trial (from ``resume``, a checkpoint's state, when given); an exception inside
+    it is a FAILED result with the steps it ran, never a crash of the sweep."""
     start = time.perf_counter()
+    trial = None
     try:
-        return _Trial(spec, factory(spec.seed), optimizer, detect, device).run(start)
+        trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, Checkpointer(*checkpoints, [spec]))
+        return trial.run(start, resume)
     except Exception as exc:  # noqa: BLE001 - a trial that raises is a result, not a crash
-        return failed_result(spec, exc, start, device)
+        return failed_result(spec, exc, start, device, trial.records() if trial else None)
 
 
 class _Trial:
@@ -66,8 +76,10 @@ class _Trial:
         optimizer: Any,
         detect: Any,
         device: torch.device,
+        checkpointer: Checkpointer,
     ) -> None:
         self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
+        self.checkpointer = checkpointer
         self.model = workload.model.to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.lrs = lr_schedule(spec)
@@ -77,36 +89,58 @@ class _Trial:
         self.data_on_device = place_data(workload.train_data, device)
         self.eval_on_device = place_data(workload.eval_data, device)
         self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
+        # The loop's state, kept here so a failure can report the steps that ran and a
+        # checkpoint can save them. Per-step records stay 0-dim tensors on the device,
+        # appended to lists and stacked when read: a store into a preallocated tensor
+        # (``buf[step] = x``) would be an indexing op per step, and on a GPU a kernel launch
+        # per record and step.
+        self.step = 0  # updates applied
+        self.synced = 0  # steps whose losses are read and judged
+        self.losses = np.full(spec.steps, np.nan)
+        self.step_losses: list[torch.Tensor | None] = []  # per-step losses, read in chunks (GPU)
+        self.norms: list[torch.Tensor] = []
+        self.thresholds: list[torch.Tensor] = []
+        self.evals: list[dict[str, float]] = []
+        self.stream = DataStream(workload.train_data, device)
 
-    def run(self, start: float) -> TrialResult:
+    def run(self, start: float, resume: dict[str, Any] | None) -> TrialResult:
         grads = FlatGrads(self.params)
         try:
-            return self._train(start, grads)
+            if resume is None:
+                self.evals.append(self.evaluate(0))
+            else:
+                self._restore(resume)
+            diverged_at = self._train(grads)
         finally:
             grads.close()
+        steps_run = diverged_at or self.spec.steps
+        result = trial_result(
+            self.spec,
+            self.detect,
+            self.eval_terms.num_classes,
+            start,
+            self.lrs,
+            self.losses[:steps_run],
+            read_records(self.norms[:steps_run]),
+            read_records(self.thresholds[:steps_run]) if self.thresholds else np.full(steps_run, np.nan),
+            self.evals,
+        )
+        self.checkpointer.discard()
+        return dataclasses.replace(result, notes=self._notes())
 
-    def _train(self, start: float, grads: FlatGrads) -> TrialResult:
-        steps, device = self.spec.steps, self.device
-        # Per-step records stay 0-dim tensors on the device, appended to lists and stacked
-        # when read: a store into a preallocated tensor (``buf[step] = x``) would be an
-        # indexing op per step, and on a GPU a kernel launch per record and step.
-        step_losses: list[torch.Tensor] = []
-        norms: list[torch.Tensor] = []
-        thresholds: list[torch.Tensor] = []
-        losses = np.full(steps, np.nan)
+    def _train(self, grads: FlatGrads) -> int | None:
+        """Train to the last step; the step the trial diverged at, or None."""
+        steps, device, divergence_factor = self.spec.steps, self.device, self.detect.divergence_factor
         group = self.optimizer.param_groups[0]
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
-        batches = batches_forever(self.workload.train_data)
-        evals = [self.evaluate(0)]
-        diverged_at: int | None = None
-        synced = 0
+        losses = self.losses
         # Every step on the CPU, where reading a loss costs less than buffering it; in chunks
         # on a GPU, where each read would stall the device.
         read_now = self.sync_every == 1
         self.model.train()
-        for step in range(steps):
+        for step in range(self.step, steps):
             group["lr"] = lrs[step]
-            batch = next(batches)
+            batch = next(self.stream)
             if not self.data_on_device:
                 batch = to_device(batch, device)
             loss = training_loss(self.workload, self.model, batch)
@@ -116,57 +150,86 @@ class _Trial:
             if read_now:
                 losses[step] = loss.item()
             else:
-                step_losses.append(loss.detach())
-            norms.append(norm)
+                self.step_losses.append(loss.detach())
+            self.norms.append(norm)
             if self.clipper is not None:
                 threshold = self.clipper.threshold(norm.reshape(1), step)[0]
-                thresholds.append(threshold)
+                self.thresholds.append(threshold)
                 clip_grads_with_norm_(self.params, threshold, norm)
             self.optimizer.step()
 
-            done = step + 1
+            self.step = done = step + 1
             if read_now:  # one fresh loss: plain floats beat numpy calls
-                if diverged(losses[step], losses[0], self.detect.divergence_factor):
-                    diverged_at = done
-                    break
-            elif done - synced >= self.sync_every or done == steps:
-                losses[synced:done] = torch.stack(step_losses[synced:done]).cpu().numpy()
-                diverged_at = divergence_step(
-                    losses[synced:done], losses[0], self.detect.divergence_factor, offset=synced
-                )
-                synced = done
+                self.synced = done
+                if diverged(losses[step], losses[0], divergence_factor):
+                    return done
+            elif done - self.synced >= self.sync_every or done == steps:
+                synced = self.synced
+                losses[synced:done] = torch.stack(self.step_losses[synced:done]).cpu().numpy()
+                self.synced = done
+                diverged_at = divergence_step(losses[synced:done], losses[0], divergence_factor, offset=synced)
                 if diverged_at is not None:
-                    break
+                    return diverged_at
             if done % self.spec.eval_every == 0 or done == steps:
-                evals.append(self.evaluate(done))
-
-        steps_run = diverged_at or steps
-        return trial_result(
-            self.spec,
-            self.detect,
-            self.eval_terms.num_classes,
-            start,
-            self.lrs,
-            losses[:steps_run],
-            read_records(norms[:steps_run]),
-            read_records(thresholds[:steps_run]) if thresholds else np.full(steps_run, np.nan),
-            evals,
-        )
+                self.evals.append(self.evaluate(done))
+            if self.synced == done and self.checkpointer.due():
+                self.checkpointer.save(self._state())
+        return None
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Mean eval loss over ``eval_data`` (and accuracy for classifiers); NaN without eval data."""
         data = self.workload.eval_data
         if data is None:
             return {"step": step, "eval_loss": math.nan}
-        total = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        count = 0
         with evaluating(self.model, self.device):
-            for batch in data:
-                if not self.eval_on_device:
-                    batch = to_device(batch, self.device)
-                loss_sum, right = self.eval_terms(self.model, batch)
-                total += loss_sum
-                correct += right
-                count += batch_size_of(batch)
-        return eval_record(step, total, correct, count, self.eval_terms.classified)
+            sums, count = eval_sums(
+                lambda batch: self.eval_terms(self.model, batch), data, self.device, self.eval_on_device
+            )
+        return eval_record(step, {name: float(value) for name, value in sums.items()}, count)
+
+    def records(self) -> tuple[int, Any, list[dict[str, float]]]:
+        """The steps that ran, their records and the evals so far: what a failed trial reports."""
+        steps = self.step
+        losses = self.losses[:steps].copy()
+        if self.synced < steps:
+            losses[self.synced : steps] = read_records(self.step_losses[self.synced : steps])
+        norms = read_records(self.norms[:steps]) if self.norms else np.full(steps, np.nan)
+        thresholds = read_records(self.thresholds[:steps]) if self.thresholds else np.full(steps, np.nan)
+        return steps, step_log(self.lrs, losses, norms[:steps], thresholds[:steps]), self.evals
+
+    def _notes(self) -> tuple[str, ...]:
+        return (*self.eval_terms.notes, *([self.checkpointer.note] if self.checkpointer.note else []))
+
+    def _state(self) -> dict[str, Any]:
+        """Everything the loop needs to go on exactly where it is (see training/checkpoint.py)."""
+        return {
+            "kind": "sequential",
+            "specs": [self.spec],
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "clipper": self.clipper.state_dict() if self.clipper is not None else None,
+            "losses": self.losses[: self.step].copy(),
+            "norms": read_records(self.norms),
+            "thresholds": read_records(self.thresholds) if self.thresholds else None,
+            "evals": list(self.evals),
+            "eval_terms": self.eval_terms.state_dict(),
+            "data": self.stream.state(),
+            "rng": rng_state(self.device),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.clipper is not None:
+            self.clipper.load_state_dict(state["clipper"])
+        self.step = self.synced = state["step"]
+        self.losses[: self.step] = state["losses"]
+        self.step_losses = [None] * self.step  # read already; only later entries are ever read
+        self.norms = list(torch.as_tensor(state["norms"], device=self.device).unbind())
+        if state["thresholds"] is not None:
+            self.thresholds = list(torch.as_tensor(state["thresholds"], device=self.device).unbind())
+        self.evals = list(state["evals"])
+        self.eval_terms.load_state_dict(state["eval_terms"])
+        self.stream.restore(state["data"])
+        set_rng_state(state["rng"], self.device)

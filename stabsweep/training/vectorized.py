@@ -47,17 +47,21 @@ from torch.func import functional_call, stack_module_state, vmap
 from stabsweep.analysis.rules import divergence_steps
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
+from stabsweep.training.checkpoint import Checkpointer
 from stabsweep.training.clipping import build_clipper
 from stabsweep.training.common import (
     CPU_SYNC_EVERY,
     GPU_SYNC_EVERY,
+    DataStream,
     EvalTerms,
-    batch_size_of,
-    batches_forever,
     eval_record,
+    eval_sums,
     evaluating,
     lr_schedule,
     place_data,
+    rng_state,
+    set_rng_state,
+    step_log,
     to_device,
     training_loss,
     trial_result,
@@ -135,11 +139,13 @@ class TrialBatch:
         optimizer: Any,
         detect: Any,
         device: torch.device,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         reason = why_not_vectorizable(workload.model)
         if reason:
             raise NotVectorizable(reason)
         self.specs, self.workload, self.detect, self.device = specs, workload, detect, device
+        self.checkpointer = checkpointer or Checkpointer(None, 0, specs)
         self.bound = _Bound(workload.model.to(device))
         count = len(specs)
         stacked, _ = stack_module_state([self.bound] * count)
@@ -247,8 +253,9 @@ class TrialBatch:
     def _eval(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> Any:
         return functional_call(self.bound, {**params, **shared}, (self.eval_terms, batch))
 
-    def run(self) -> Iterator[TrialResult]:
-        """Train the batch; yield each trial's result at the step it diverges or ends."""
+    def run(self, resume: dict[str, Any] | None = None) -> Iterator[TrialResult]:
+        """Train the batch (from ``resume``, a checkpoint's state, when given); yield each
+        trial's result at the step it diverges or ends."""
         self.start = time.perf_counter()
         count, steps = len(self.specs), self.max_steps
         self.active = np.arange(count)  # row i of the stacked tensors is trial specs[active[i]]
@@ -258,17 +265,24 @@ class TrialBatch:
         self.threshold_buf = torch.full((count, steps), math.nan, device=self.device)
         self.losses = np.full((count, steps), np.nan)  # the losses read so far, on the host
         self.evals: list[list[dict[str, float]]] = [[] for _ in self.specs]
+        self.finished: list[TrialResult] = []  # results handed out so far, kept for a checkpoint
         self.synced = 0  # steps whose losses are on the host and judged
-        with quiet_looped_ops(), noting_looped_ops(self.looped_ops):
-            self._record_evals(0, self.active)
-        self.batches = batches_forever(self.workload.train_data)
+        self.stream = DataStream(self.workload.train_data, self.device)
+        if resume is None:
+            with quiet_looped_ops(), noting_looped_ops(self.looped_ops):
+                self._record_evals(0, self.active)
+        else:
+            self._restore(resume)
+            yield from resume["finished"]
         self.bound.train()
         while self.active.size:
             # vmap's warning for an op it loops over is noted once (see noting_looped_ops) and
             # silenced only around the batch's own steps, not for the rest of the process.
             with quiet_looped_ops():
                 finished = self._advance()
+            self.finished += finished
             yield from finished
+        self.checkpointer.discard()
 
     def _advance(self) -> list[TrialResult]:
         """Train step after step until some trials diverge or reach their end; their results."""
@@ -278,7 +292,7 @@ class TrialBatch:
         finished: list[TrialResult] = []
         while not finished:
             step = self.steps_done
-            batch = next(self.batches)
+            batch = next(self.stream)
             if not self.data_on_device:
                 batch = to_device(batch, self.device)
             with noting_looped_ops(self.looped_ops) if step == 0 else nullcontext():
@@ -311,6 +325,8 @@ class TrialBatch:
                 self._keep(~finishing)
             if self.active.size == 0:
                 break
+            if self.synced == done and self.checkpointer.due():
+                self.checkpointer.save(self._state(finished))
         return finished
 
     def _judge_chunk(self, done: int) -> list[TrialResult]:
@@ -360,20 +376,13 @@ class TrialBatch:
             for row in recorded:
                 self.evals[active[row]].append({"step": step, "eval_loss": math.nan})
             return
-        total = torch.zeros(len(active), device=self.device)
-        correct = torch.zeros(len(active), device=self.device)
-        count = 0
         with evaluating(self.bound, self.device):
-            for batch in data:
-                if not self.eval_on_device:
-                    batch = to_device(batch, self.device)
-                loss_sum, right = self.eval_batch(self.params, self.shared, batch)
-                total += loss_sum
-                correct += right
-                count += batch_size_of(batch)
-        totals, rights = total.tolist(), correct.tolist()
+            sums, count = eval_sums(
+                lambda batch: self.eval_batch(self.params, self.shared, batch), data, self.device, self.eval_on_device
+            )
+        rows = {name: value.tolist() for name, value in sums.items()}
         for row in recorded:
-            record = eval_record(step, totals[row], rights[row], count, self.eval_terms.classified)
+            record = eval_record(step, {name: values[row] for name, values in rows.items()}, count)
             self.evals[active[row]].append(record)
 
     def _result(self, trial: int, steps_run: int) -> TrialResult:
@@ -388,4 +397,67 @@ class TrialBatch:
             self.threshold_buf[trial, :steps_run].cpu().numpy(),
             self.evals[trial],
         )
-        return dataclasses.replace(result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)))
+        notes = (*self.eval_terms.notes, *([self.checkpointer.note] if self.checkpointer.note else []))
+        return dataclasses.replace(
+            result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)), notes=tuple(notes)
+        )
+
+    def records(self, trial: int) -> tuple[int, Any, list[dict[str, float]]]:
+        """The steps trial ``trial`` ran so far, their records and its evals: what it reports
+        when the batch fails part-way."""
+        steps = min(self.steps_done, self.specs[trial].steps) if hasattr(self, "loss_buf") else 0
+        losses = self.loss_buf[trial, :steps].cpu().numpy().astype(float) if steps else np.empty(0)
+        norms = self.norm_buf[trial, :steps].cpu().numpy() if steps else np.empty(0)
+        thresholds = self.threshold_buf[trial, :steps].cpu().numpy() if steps else np.empty(0)
+        return steps, step_log(self.lr_tables[trial], losses, norms, thresholds), self.evals[trial] if steps else []
+
+    def _state(self, handing_out: list[TrialResult]) -> dict[str, Any]:
+        """Everything the batch needs to go on exactly where it is (see training/checkpoint.py)."""
+        done = self.steps_done
+        return {
+            "kind": "vectorized",
+            "specs": self.specs,
+            "steps_done": done,
+            "synced": self.synced,
+            "flat": self.flat.detach(),
+            "shapes": self.shapes,
+            "orders": self.orders,
+            "dormant": {name: self.shared[name].detach() for name in self.dormant},
+            "optimizer": self.optimizer.state_dict(),
+            "clipper": self.clipper.state_dict() if self.clipper is not None else None,
+            "lr_rows": self.lr_rows,
+            "active": self.active,
+            "rows": self.rows,
+            "buffers": [buf[:, :done] for buf in (self.loss_buf, self.norm_buf, self.threshold_buf)],
+            "losses": self.losses[:, : self.synced],
+            "evals": self.evals,
+            "finished": [*self.finished, *handing_out],
+            "eval_terms": self.eval_terms.state_dict(),
+            "looped_ops": sorted(self.looped_ops),
+            "data": self.stream.state(),
+            "rng": rng_state(self.device),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        device = self.device
+        self.steps_done, self.synced = state["steps_done"], state["synced"]
+        self.shapes, self.orders = state["shapes"], state["orders"]
+        for name, value in state["dormant"].items():
+            self.shared[name] = value.to(device).requires_grad_()
+            self.dormant.append(name)
+        self.flat.data = state["flat"].to(device)
+        self._split_flat()
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.clipper is not None:
+            self.clipper.load_state_dict(state["clipper"])
+        self.lr_rows = state["lr_rows"].to(device)
+        self.active, self.rows = state["active"], state["rows"].to(device)
+        for buf, saved in zip((self.loss_buf, self.norm_buf, self.threshold_buf), state["buffers"], strict=True):
+            buf[:, : self.steps_done] = saved.to(device)
+        self.losses[:, : self.synced] = state["losses"]
+        self.evals = state["evals"]
+        self.finished = list(state["finished"])
+        self.eval_terms.load_state_dict(state["eval_terms"])
+        self.looped_ops.update(state["looped_ops"])
+        self.stream.restore(state["data"])
+        set_rng_state(state["rng"], device)

@@ -20,8 +20,19 @@ class Workload:
     ``train_data`` and ``eval_data`` are iterables of ``(inputs, targets)`` batches; a
     DataLoader is fine, and ``train_data`` is re-iterated as epochs. The objective is
     ``loss_fn(model(inputs), targets)``, or ``loss(model, batch)`` for anything more complex.
-    ``num_classes`` (C) lets the rules recognise a classifier stuck at chance, ln C; for
-    ``loss_fn`` workloads with integer targets it is read off the model's output width.
+
+    Evaluation reports the loss, and for ``loss_fn`` workloads also:
+
+    - ``eval_accuracy`` where the shapes say it is well defined: integer targets, and outputs
+      with one more (last) dimension than the targets, holding one score per class
+      (``[N, C]`` for ``[N]``, ``[N, T, V]`` for ``[N, T]``); negative targets (ignored
+      labels) do not count. ``accuracy=False`` turns it off.
+    - one ``eval_<name>`` per entry of ``metrics``: ``fn(outputs, targets)`` returning a scalar
+      tensor (the batch's mean), averaged over the eval data.
+
+    A metric is a side feature: one that raises is left out, with a note, and never fails a trial.
+    ``num_classes`` (C) lets the rules recognise a classifier stuck at chance, ln C; without it,
+    C is the outputs' last dimension when the accuracy rule above holds, and unknown otherwise.
     """
 
     model: torch.nn.Module
@@ -30,10 +41,14 @@ class Workload:
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
     loss: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
     num_classes: int | None = None
+    accuracy: bool = True
+    metrics: dict[str, Callable[[Any, Any], torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if (self.loss_fn is None) == (self.loss is None):
             raise TypeError("Workload needs exactly one of loss_fn(outputs, targets) or loss(model, batch)")
+        if self.metrics and self.loss is not None:
+            raise TypeError("Workload metrics read (outputs, targets): they need loss_fn, not loss(model, batch)")
 
 
 class TensorBatches:
