@@ -95,3 +95,26 @@ def test_resume_may_change_the_executor_but_not_the_trials(smoke_config, tmp_pat
         app, ["lr", str(smoke_config), "--out", str(tmp_path), "--resume", "--set", "train.steps=61"]
     )
     assert changed.exit_code == 2 and "train.steps" in changed.output
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_local_ray_listens_on_loopback_only(smoke_config_path, tmp_path):
+    """The GCS, raylet and workers of the local Ray the ray executor starts bind to 127.0.0.1."""
+    import ipaddress
+    import os
+
+    psutil = pytest.importorskip("psutil")
+    lr_run(smoke_config_path, tmp_path, "--executor", "ray")  # starts (or reuses) the local Ray
+    ray_processes = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
+    try:
+        listening = [
+            c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ray_processes
+        ]
+    except psutil.AccessDenied:
+        pytest.skip("the listening sockets of this machine cannot be read")
+    assert listening, "the ray executor should have started a local Ray"
+    for connection in listening:
+        address = ipaddress.ip_address(connection.laddr.ip)
+        address = getattr(address, "ipv4_mapped", None) or address
+        assert address.is_loopback, f"pid {connection.pid} listens on {connection.laddr.ip}:{connection.laddr.port}"

@@ -36,7 +36,7 @@ def parse_overrides(items: list[str] | None, flags: dict[str, tuple[str, Any]] |
     overrides = Overrides()
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        if not sep or not re.fullmatch(r"\s*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\s*", key):
             raise UserError(f"--set {item}: expected key.sub=value, e.g. --set train.steps=200")
         try:
             overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
@@ -145,12 +145,18 @@ def dump_config(config: Config) -> str:
 def _explain(exc: ValidationError, source: str, overrides: Overrides) -> str:
     errors = exc.errors()
     first = errors[0]
-    loc = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    raw = first["loc"]
+    if first["type"] == "extra_forbidden":  # the last part is the key the user wrote, whatever it looks like
+        loc = (*(p for p in raw[:-1] if not _is_union_tag(p)), raw[-1])
+    else:
+        loc = tuple(p for p in raw if not _is_union_tag(p))
     below = (first.get("ctx") or {}).get("error")
     if isinstance(below, ConfigKeyError):  # a list entry or an argument named by the check itself
         loc = (*loc, below.key)
     key = _format_loc(loc)
-    set_by = next((k for k in overrides if key == k or key.startswith((k + ".", k + "["))), None)
+    set_by = next(  # the override at, above or below the key in error
+        (k for k in overrides if key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".")), None
+    )
     origin = overrides.origin(set_by) if set_by is not None else source
     if first["type"] == "extra_forbidden":
         known = _fields_at(loc[:-1])

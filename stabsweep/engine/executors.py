@@ -108,12 +108,26 @@ def _start_worker(slots: Any, threads: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     torch.set_num_threads(threads)  # workers share the cores instead of each taking them all
+
+
+def _die_with_parent() -> None:
+    """On Linux, end this worker when the sweep's process dies, however it dies (``kill -9``
+    included): an orphan worker would go on training and saving checkpoints into a folder
+    that a resumed sweep is reading. Elsewhere a worker ends when it next asks for work."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _stop(pool: Any) -> None:

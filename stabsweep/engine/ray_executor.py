@@ -13,6 +13,7 @@ Ray is an optional extra: ``pip install 'stabsweep[ray]'``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -66,13 +67,38 @@ class RayExecutor:
 
 
 def connect(address: str | None) -> object:
+    """Ray, connected: to the cluster at ``address``, or to a local Ray started here.
+
+    A local Ray listens on loopback only. Ray picks its node's address itself and, on Linux,
+    picks a routable one, where its GCS, raylet and workers then listen on every interface.
+    Ray has no public switch for this; its own rule for Windows and macOS (no clusters, so
+    the node is 127.0.0.1 and every server binds to loopback) is what a private, single-host
+    sweep wants, so it is turned on for the start of a local Ray. A cluster at an address the
+    user gives is theirs to secure.
+    """
+    local = address is None
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise UserError("execution.executor: 'ray' needs Ray; install it with pip install 'stabsweep[ray]'") from None
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise UserError(f"execution.ray.address: cannot reach a Ray cluster at {address!r}: {exc}") from None
+    if ray.is_initialized():
+        return ray
+    clusters, environ = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(_LOCAL_ONLY)
+    if local:  # ray reads the constant when it picks the node address; its processes read the variable
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        os.environ[_LOCAL_ONLY] = "0"
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise UserError(f"execution.ray.address: cannot reach a Ray cluster at {address!r}: {exc}") from None
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+        if environ is None:
+            os.environ.pop(_LOCAL_ONLY, None)
+        else:
+            os.environ[_LOCAL_ONLY] = environ
     return ray
+
+
+_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch between "cluster" and "this host only"

@@ -52,7 +52,10 @@ def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
             results = _one_at_a_time(mine, job, device, resume=state)
         else:
             results = _vectorized(state["specs"], job, device, resume=state)
-        yield from (result for result in results if result.spec.trial_id in wanted)
+        note = f"resumed {len(mine)} trial{'s' * (len(mine) > 1)} from a checkpoint at step {state['step']}"
+        for result in results:
+            if result.spec.trial_id in wanted:
+                yield dataclasses.replace(result, notes=(*result.notes, note))
         specs = [spec for spec in specs if spec.trial_id not in wanted]
     if job.engine == "sequential":
         yield from _one_at_a_time(specs, job, device)

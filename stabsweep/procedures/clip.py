@@ -114,9 +114,13 @@ def run(
         job = ctx.job()
         record = plan(config, lr, {})
         ctx.run_trials(record, job, store, f"recording gradient norms at lr={lr:g}")
-        steps, norms = norms_of(store.finalize()[1], 0, str(store.folder / "steps.csv"))
+        trials, all_steps, _ = store.finalize()
+        ctx.stop_if_nothing_trained(store, trials, COMMAND)
+        steps, norms = norms_of(all_steps, 0, str(store.folder / "steps.csv"))
         source = NormSource("config", config.source, 0, lr, steps, norms)
 
+    if not np.isfinite(source.norms).any():
+        raise UserError(f"{source.name}: every logged gradient norm is non-finite; pick another trial with --trial")
     report = norm_report(source.norms, percentile, config.clip_sweep.aggressive_fraction)
     rows = None
     if sweep:
@@ -128,6 +132,7 @@ def run(
         specs = plan(config, sweep_lr, candidates)
         ctx.run_trials(specs, job, store, f"clip sweep at lr={sweep_lr:g}")
         trials, all_steps, _ = store.finalize()
+        ctx.stop_if_nothing_trained(store, trials, COMMAND)
         rows = sweep_rows(trials)
         _plot_sweep(store.folder, trials, all_steps)
 

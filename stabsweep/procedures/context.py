@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stabsweep.engine.executors import LocalExecutor, ProcessExecutor
-from stabsweep.errors import UserError
+from stabsweep.errors import RunFailed, UserError
 from stabsweep.records import TrialJob
 from stabsweep.results.store import ResultsStore
 
@@ -114,6 +115,26 @@ class Context:
                         self.console.print(note, markup=False)
         prune(checkpoints, store.completed)
         return results
+
+    def stop_if_nothing_trained(self, store: ResultsStore, trials: Any, command: str) -> None:
+        """When every trial raised: write summary.json with the error, say it, and end with exit 3."""
+        from stabsweep.analysis.failures import nothing_trained
+        from stabsweep.report.console import print_verdict
+
+        verdict = nothing_trained(trials)
+        if verdict is None:
+            return
+        summary = {
+            "command": command,
+            "config": self.config.source,
+            "nothing_trained": True,
+            "verdict": verdict,
+            "warnings": [],
+            "next_command": f"stabsweep {command} {shlex.quote(self.config.source)} --force  # after fixing the error",
+        }
+        store.write_summary(summary)
+        print_verdict(self.console, verdict, [], summary["next_command"], str(store.folder))
+        raise RunFailed(summary)
 
 
 def engine_notes(result: TrialResult) -> list[str]:

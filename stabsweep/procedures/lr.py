@@ -59,6 +59,7 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     specs = plan(config)
     ctx.run_trials(specs, job, store, f"lr sweep ({len(specs)} rates)")
     trials, steps, evals = store.finalize()
+    ctx.stop_if_nothing_trained(store, trials, COMMAND)
     sweep = trials[trials["phase"] == "sweep"]
     found = lr_findings(sweep)
 

@@ -105,6 +105,7 @@ def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str
     _print_plan(ctx, the_plan)
     ctx.run_trials(the_plan.probes, job, store, f"warmup probes at {', '.join(f'{b:g}' for b in the_plan.base_lrs)}")
     trials, steps, _ = store.finalize()
+    ctx.stop_if_nothing_trained(store, trials, COMMAND)
     picks = pick(trials)
     working = {b: w for b, w in picks.items() if w is not None}
     base_lr = max(working) if working else the_plan.base_lrs[0]

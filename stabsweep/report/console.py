@@ -6,6 +6,7 @@ Everything goes to stderr, so ``--json`` can own stdout.
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -38,8 +39,16 @@ HEADERS = {
 }
 
 
+WIDE = 160  # columns when stderr is not a terminal (a CI log, a pipe) and COLUMNS is not set
+
+
 def make_console(quiet: bool = False) -> Console:
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    """The console on stderr (``--json`` owns stdout): the terminal's width on a terminal, else
+    ``COLUMNS`` or a wide default, so a CI log does not break table rows at rich's 80."""
+    console = Console(stderr=True, quiet=quiet, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = WIDE
+    return console
 
 
 class SweepProgress:

@@ -317,16 +317,22 @@ def failed_result(
 
 
 def where_raised(exc: BaseException) -> str:
-    """``file.py:line`` of the deepest frame in the user's code, else the deepest frame: the
-    place to look, not a line inside torch or stabsweep."""
+    """Where to look: ``file.py:line`` of the deepest frame in the user's code; when the error
+    came from inside a library (torch, say), that frame, named from the library's folder."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return "an unknown place"
-    ours = (Path(__file__).resolve().parents[1], Path(torch.__file__).resolve().parent)
-    library = {Path(p).resolve() for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"])}
-    user = [f for f in frames if not any(Path(f.filename).resolve().is_relative_to(root) for root in (*ours, *library))]
-    frame = (user or frames)[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno}"
+    paths = sysconfig.get_paths()
+    libraries = [Path(paths["purelib"]).resolve(), Path(paths["platlib"]).resolve(), Path(paths["stdlib"]).resolve()]
+    ours = Path(__file__).resolve().parents[1]
+    for frame in reversed(frames):
+        path = Path(frame.filename).resolve()
+        if not path.is_relative_to(ours) and not any(path.is_relative_to(lib) for lib in libraries):
+            return f"{path.name}:{frame.lineno}"
+    frame = frames[-1]
+    path = Path(frame.filename).resolve()
+    inside = next((path.relative_to(lib) for lib in libraries if path.is_relative_to(lib)), path.name)
+    return f"{inside}:{frame.lineno}"
 
 
 def read_records(records: list[torch.Tensor]) -> np.ndarray:

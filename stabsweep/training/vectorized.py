@@ -417,7 +417,7 @@ class TrialBatch:
         return {
             "kind": "vectorized",
             "specs": self.specs,
-            "steps_done": done,
+            "step": done,
             "synced": self.synced,
             "flat": self.flat.detach(),
             "shapes": self.shapes,
@@ -440,7 +440,7 @@ class TrialBatch:
 
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.device
-        self.steps_done, self.synced = state["steps_done"], state["synced"]
+        self.steps_done, self.synced = state["step"], state["synced"]
         self.shapes, self.orders = state["shapes"], state["orders"]
         for name, value in state["dormant"].items():
             self.shared[name] = value.to(device).requires_grad_()

@@ -1,0 +1,146 @@
+"""A sweep killed mid-batch resumes from its checkpoint to the files an uninterrupted run writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from stabsweep.cli import app
+from stabsweep.config.schema import ClipConfig, DetectConfig, OptimizerConfig, ScheduleConfig
+from stabsweep.engine.runner import run_trials
+from stabsweep.records import TrialJob, TrialSpec
+from stabsweep.training import checkpoint
+
+from .conftest import ROOT
+from .reference import dropout_workload
+
+
+class Killed(BaseException):
+    """What the test raises right after a save: the process is gone, as after kill -9."""
+
+
+def specs() -> list[TrialSpec]:
+    cosine, clip = ScheduleConfig(name="cosine"), ClipConfig(percentile=90, window=20)
+    return [
+        TrialSpec(i, lr, 0, steps, 10, cosine, warmup_steps=5, clip=clip)
+        for i, (lr, steps) in enumerate([(1e-3, 60), (1e-2, 80), (0.1, 80), (30.0, 80)])
+    ]
+
+
+def job(tmp_path, engine: str) -> TrialJob:
+    return TrialJob(
+        dropout_workload,
+        OptimizerConfig(name="adamw", weight_decay=0.1),
+        DetectConfig(),
+        "cpu",
+        engine=engine,
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        checkpoint_every=1e9,
+    )
+
+
+def assert_same_results(got, want) -> None:
+    got, want = sorted(got, key=lambda r: r.spec.trial_id), sorted(want, key=lambda r: r.spec.trial_id)
+    assert [r.spec.trial_id for r in got] == [r.spec.trial_id for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert (a.status, a.reason, a.steps_run, a.diverged_step) == (b.status, b.reason, b.steps_run, b.diverged_step)
+        for field in ("lr", "train_loss", "grad_norm", "clip_threshold", "clipped"):
+            np.testing.assert_array_equal(getattr(a.steps, field), getattr(b.steps, field), err_msg=field)
+        assert a.evals == b.evals
+
+
+@pytest.mark.parametrize(("engine", "kill_at"), [("vectorized", 25), ("vectorized", 65), ("sequential", 25)])
+def test_a_batch_killed_after_a_save_resumes_to_the_same_results(engine, kill_at, tmp_path, monkeypatch):
+    reference = list(run_trials(specs(), dataclasses.replace(job(tmp_path, engine), checkpoint_dir=None)))
+
+    real_save, calls = checkpoint.Checkpointer.save, []
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        raise Killed
+
+    def due_once(self):
+        calls.append(1)
+        return len(calls) == kill_at  # the kill_at-th step of the run: mid-batch
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
+    monkeypatch.setattr(checkpoint.Checkpointer, "due", due_once)
+    before = []
+    with pytest.raises(Killed):
+        before.extend(run_trials(specs(), job(tmp_path, engine)))
+    monkeypatch.undo()
+    assert len(list((tmp_path / "checkpoints").glob("*.ckpt"))) == 1
+    written = {r.spec.trial_id for r in before}  # what the store would hold
+    todo = [spec for spec in specs() if spec.trial_id not in written]
+    resumed = list(run_trials(todo, job(tmp_path, engine)))
+    noted = [any("from a checkpoint" in note for note in r.notes) for r in resumed]
+    assert all(noted) if engine == "vectorized" else noted[0] and not any(noted[1:])  # alone: the running one
+    assert_same_results(before + resumed, reference)
+
+
+def test_a_changed_trial_does_not_resume_from_its_checkpoint(tmp_path, monkeypatch):
+    real_save = checkpoint.Checkpointer.save
+    monkeypatch.setattr(checkpoint.Checkpointer, "due", lambda self: True)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", lambda self, state: (real_save(self, state), _raise()))
+    with pytest.raises(Killed):
+        list(run_trials(specs(), job(tmp_path, "vectorized")))
+    monkeypatch.undo()
+    changed = [dataclasses.replace(spec, lr=spec.lr * 2) for spec in specs()]
+    assert checkpoint.claim(changed, str(tmp_path / "checkpoints"), "vectorized") == []
+    assert len(checkpoint.claim(specs(), str(tmp_path / "checkpoints"), "vectorized")) == 1
+
+
+def _raise():
+    raise Killed
+
+
+SWEEP = """\
+# stabsweep lr sweep.yaml
+name: killed
+device: cpu
+workload: {name: mlp, args: {hidden: 64, depth: 2}, batch_size: 32}
+train: {steps: 300, eval_every: 50, optimizer: adam, clip: {percentile: 90, window: 50}}
+lr_sweep: {lrs: [0.0003, 0.001, 0.003, 0.01, 1.0]}
+execution: {checkpoint_every: 0.2}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [[], ["--executor", "process", "--workers", "1"]], ids=["local", "process"])
+def test_kill_9_mid_batch_then_resume_gives_the_files_of_an_uninterrupted_run(flags, tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(SWEEP)
+    reference = CliRunner().invoke(app, ["lr", str(config), "--out", str(tmp_path / "reference"), "-q"])
+    assert reference.exit_code == 0, reference.output
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "stabsweep", "lr", str(config), "--out", str(out), *flags]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([*command, "-q"], env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((out / "lr" / "checkpoints").glob("*.ckpt")):
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its workers, mid-batch
+    process.wait()
+    assert list((out / "lr" / "checkpoints").glob("*.ckpt")), "the kill should land after a checkpoint"
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from a checkpoint at step" in resumed.stderr
+    for name in ("trials.csv", "steps.csv", "evals.csv"):
+        got, want = pd.read_csv(out / "lr" / name), pd.read_csv(tmp_path / "reference" / "lr" / name)
+        pd.testing.assert_frame_equal(
+            got.drop(columns="wall_seconds", errors="ignore"), want.drop(columns="wall_seconds", errors="ignore")
+        )
+    assert not list((out / "lr" / "checkpoints").glob("*"))
