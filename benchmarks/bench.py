@@ -4,6 +4,8 @@
 (b) sweep:    the quickstart's 16-rate sweep / one trial                       target ≤ 3.5 (2 CPU cores)
               (one at a time it is about 16; the sequential engine's figure is printed beside it)
 (c) ray:      the same 16-trial sweep on the ray executor / on the local one   (no target: Ray's cost)
+(ckpt) checkpoints: the sweep with checkpoints at the default interval / without   target ≤ 1.02
+              ((ckpt 1 s) prints the cost of saving every second, beside it)
 
 Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
 for the trials still running at that step, written as plain batched matrix products (no
@@ -27,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,13 +43,19 @@ from stabsweep.procedures import lr as lr_procedure
 from stabsweep.procedures.context import Context, RunOptions
 from stabsweep.records import TrialJob
 from stabsweep.report.console import make_console
-from stabsweep.training.common import batches_forever, place_data
+from stabsweep.training.common import place_data
 from stabsweep.training.sequential import train_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SWEEP = {"lr_sweep.lrs.num": 16}  # 1e-3 … 10, as the quickstart, with 16 rates
 BEST_LR = 0.1  # the quickstart's lr*: a trial that trains all its steps
+
+
+def batches_forever(data: object) -> Iterator[object]:
+    """``data`` re-iterated as epochs, as a bare loop would write it."""
+    while True:
+        yield from data
 
 
 def bare_loop(job: TrialJob, steps: int, eval_every: int) -> float:
@@ -189,12 +197,15 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-ray", action="store_true", help="skip (c)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--steps", type=int, default=None, help="train.steps (default: the quickstart's 1000)")
     args = parser.parse_args()
     console = Console(stderr=True)
     scratch = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
 
     def context(**execution: str) -> Context:
         overrides = {**SWEEP, "device": args.device, **{f"execution.{k}": v for k, v in execution.items()}}
+        if args.steps:
+            overrides["train.steps"] = args.steps
         config = load_config(QUICKSTART, overrides)
         options = RunOptions(out=scratch, force=True, quiet=True)
         return Context(config, options, make_console(quiet=True))
@@ -229,7 +240,7 @@ def main() -> int:
     console.print(f"the 16-rate sweep ran {sum(steps_run):,} trial-steps ({len(steps_run)} trials)")
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
     gemm_flops = sum(2 * a[0] * a[1] * b[1] for a, b in sweep_products(job)) * sum(running)
-    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s = timed_rounds(
+    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s, unsaved_s, saving_s = timed_rounds(
         args.runs,
         lambda: bare_loop(job, steps, eval_every),
         trial,
@@ -237,6 +248,8 @@ def main() -> int:
         lambda: arithmetic_floor(job, running),
         lambda: matmul_floor(job, running),
         sweep(context(engine="sequential")),
+        sweep(context(checkpoint_every=0)),
+        sweep(context(checkpoint_every=1)),
     )
     peak = peak_gflops(torch.device(job.device))
     gemm_gflops = gemm_flops / statistics.median(gemm_s) / 1e9
@@ -250,6 +263,8 @@ def main() -> int:
         ratio_row("b floor", "the sweep's fwd+bwd alone, by hand / one trial", floor_s, trial_s),
         ratio_row("b GEMMs", "the sweep's matrix products alone / one trial", gemm_s, trial_s),
         ratio_row("b'", "16-rate sweep, sequential engine / one trial", sequential_s, trial_s),
+        ratio_row("ckpt", "sweep, checkpoints every 300 s (default) / none", sweep_s, unsaved_s, target=1.02),
+        ratio_row("ckpt 1 s", "sweep, a checkpoint every second / none", saving_s, unsaved_s),
     ]
     if not args.no_ray:
         ray_ctx = context(executor="ray")
@@ -268,7 +283,7 @@ def main() -> int:
         table.add_row(
             key, name, f"{ratio:.2f}{verdict}", "" if target is None else f"≤ {target}", f"{num:.2f}", f"{den:.2f}"
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
     machine = f"{cpu_model()}, {os.cpu_count()} cores"
     if job.device.startswith("cuda"):

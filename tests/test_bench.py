@@ -15,14 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_bench_writes_every_ratio(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--runs", "1", "--no-ray", "--out", str(tmp_path)]
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--runs", "1", "--no-ray", "--steps", "60"]
     env = {**os.environ, "COLUMNS": "200"}  # one printed line per message
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # A tiny sweep and no time limit of its own: a slow machine makes it slow, never red.
+    run = subprocess.run([*bench, "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "bench.csv")
-    assert list(frame["id"]) == ["a", "b", "b floor", "b GEMMs", "b'"]
+    assert list(frame["id"]) == ["a", "b", "b floor", "b GEMMs", "b'", "ckpt", "ckpt 1 s"]
     assert (frame["ratio"] > 0).all() and (frame["seconds"] > 0).all()
-    assert list(frame.loc[frame["target"].notna(), "id"]) == ["a", "b"]
+    assert list(frame.loc[frame["target"].notna(), "id"]) == ["a", "b", "ckpt"]
     # The sweep's matrix products: 15.17 MFLOP per trial-step of the quickstart MLP (64-128-128-128-10,
     # batch 64: forward, weight and input gradients), over the trial-steps the printed count gives.
     trial_steps = int(run.stderr.split("the 16-rate sweep ran ")[1].split(" trial-steps")[0].replace(",", ""))
