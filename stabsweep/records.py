@@ -43,6 +43,11 @@ class TrialStatus(str, enum.Enum):
         return self in INFEASIBLE
 
     @property
+    def instability(self) -> bool:
+        """The loss went up: it diverged, or it rose and recovered (unstable)."""
+        return self in INSTABILITY
+
+    @property
     def failing(self) -> bool:
         """The rate is past what trains well: diverged, unstable or learned nothing.
         The unstable base rate is the smallest rate above lr* with a failing trial."""
@@ -51,7 +56,8 @@ class TrialStatus(str, enum.Enum):
 
 FEASIBLE = frozenset({TrialStatus.OK, TrialStatus.UNSTABLE})
 INFEASIBLE = frozenset({TrialStatus.DIVERGED, TrialStatus.LEARNED_NOTHING})
-FAILING = frozenset({TrialStatus.DIVERGED, TrialStatus.UNSTABLE, TrialStatus.LEARNED_NOTHING})
+INSTABILITY = frozenset({TrialStatus.DIVERGED, TrialStatus.UNSTABLE})
+FAILING = INSTABILITY | {TrialStatus.LEARNED_NOTHING}
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class TrialSpec:
     warmup_steps: int = 0  # a linear ramp prepended to the schedule
     clip: Any = None  # config.schema.ClipConfig, or None for no clipping
     columns: dict[str, Any] = field(default_factory=dict)  # swept values written to trials.csv
+    run_steps: int | None = None  # this trial is the first `steps` of a run this long (the early check)
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class TrialResult:
     best_eval_loss: float | None = None
     final_train_loss: float | None = None
     diverged_step: int | None = None
+    instability: str | None = None  # "early" or "mid-training", for a diverged or unstable trial
     error: str | None = None
     steps: StepLog | None = None
     evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "eval_loss", ...}
@@ -113,6 +121,13 @@ class TrialResult:
     fallback: str | None = None  # why a trial meant for a batch ran alone
     looped_ops: tuple[str, ...] = ()  # ops its batch ran trial by trial: vmap has no batching rule for them
     notes: tuple[str, ...] = ()  # side features that were switched off for this trial, and why
+
+    @property
+    def clipped_fraction(self) -> float | None:
+        """The share of its steps this trial clipped; None when it trained without clipping."""
+        if self.spec.clip is None or self.steps is None or not self.steps_run:
+            return None
+        return round(float(self.steps.clipped.mean()), 6)
 
     def row(self) -> dict[str, Any]:
         """The trials.csv row (docs/contract.md, "Output files")."""
@@ -126,7 +141,9 @@ class TrialResult:
             "best_eval_loss": self.best_eval_loss,
             "final_train_loss": self.final_train_loss,
             "diverged_step": self.diverged_step,
+            "instability": self.instability,
             "steps_run": self.steps_run,
+            "clipped_fraction": self.clipped_fraction,
             "wall_seconds": round(self.wall_seconds, 3),
             "error": self.error,
         }

@@ -65,8 +65,10 @@ def test_smoke_sweep_writes_every_file(smoke_config, tmp_path):
     # the findings follow the rules applied to trials.csv
     feasible = trials[trials["status"].isin(["ok", "unstable"])]
     assert summary["best_lr"] == feasible.loc[feasible["best_eval_loss"].idxmin(), "lr"]
-    above = trials[(trials["lr"] > summary["best_lr"]) & trials["status"].isin(["diverged", "unstable"])]
+    failing = ["diverged", "unstable", "learned_nothing"]
+    above = trials[(trials["lr"] > summary["best_lr"]) & trials["status"].isin(failing)]
     assert summary["unstable_base_lr"] == above["lr"].min()
+    assert summary["unstable_kind"] == above.sort_values("lr")["status"].iloc[0]
     assert summary["next_command"] == f"stabsweep warmup --from {tmp_path}"
 
 
@@ -213,3 +215,44 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, write_confi
     assert "weights too large" in trials.loc[100.0, "error"]
     assert trials.loc[0.1, "status"] == "ok"
     assert any("failed" in w for w in json.loads(result.stdout)["warnings"])
+
+
+@pytest.mark.slow
+def test_the_early_check_is_the_start_of_the_real_schedule(smoke_config, tmp_path):
+    """A one-cycle schedule over 60 steps: the early check's 40 steps are the first 40 of it, at 2 × lr*."""
+    from stabsweep.config import load_config
+    from stabsweep.training.common import lr_schedule
+
+    schedule = "train.schedule={name: one_cycle, pct_start: 0.5}"
+    result = invoke("lr", smoke_config, "--out", tmp_path, "--early-check", "--json", "--set", schedule)
+    summary = json.loads(result.stdout)
+    early = summary["early_check"]
+    assert early["steps"] == 40 and early["of_steps"] == 60
+    steps = pd.read_csv(tmp_path / "lr" / "steps.csv")
+    taken = steps[steps["trial_id"] == early["trial_id"]]["lr"].to_numpy()
+    config = load_config(smoke_config, {"train.schedule": {"name": "one_cycle", "pct_start": 0.5}})
+    from stabsweep.procedures.lr import plan
+
+    full = lr_schedule(plan(config, [early["lr"]])[0])  # the whole run at 2 × lr*
+    np.testing.assert_allclose(taken, full[:40], rtol=1e-6)
+    assert taken.argmax() == 29  # the peak at half of the 60-step run, not of the 40 steps
+
+
+def test_only_an_early_instability_counts_in_the_early_check():
+    from stabsweep.analysis.lr import LrFindings
+    from stabsweep.config.schema import ScheduleConfig
+    from stabsweep.procedures.lr import early_summary
+    from stabsweep.records import TrialSpec
+
+    spec = TrialSpec(9, 0.2, 0, 500, 1, ScheduleConfig(), run_steps=1000)
+    found = LrFindings(0.1, 0.3, 0.0, "best_eval_loss")
+    for status, instability, counts in [
+        ("unstable", "mid-training", False),
+        ("unstable", "early", True),
+        ("diverged", "early", True),
+        ("learned_nothing", None, False),
+    ]:
+        trials = pd.DataFrame([{"trial_id": 9, "status": status, "instability": instability, "reason": "r"}])
+        out = early_summary(trials, spec, found)
+        assert out["early_instability"] is counts, status
+        assert ("lr* 0.1 itself is at risk" in out["verdict"]) is counts

@@ -30,11 +30,14 @@ def test_non_finite_norms_are_left_out_and_counted():
     assert report.threshold == 2.0 and report.steps_read == 3 and report.non_finite_dropped == 2
 
 
-def test_aggressive_when_more_than_half_is_clipped():
-    norms = np.arange(1, 101, dtype=float)
-    assert norm_report(norms, percentile=40).aggressive  # 60% above p40
-    assert not norm_report(norms, percentile=60).aggressive
-    assert norm_report(norms, percentile=60, aggressive_fraction=0.3).aggressive
+def test_aggressive_when_the_threshold_is_below_most_early_norms():
+    """The report's share of clipped steps is 1 − p/100 by construction; the early steps tell."""
+    falling = np.arange(100, 0, -1, dtype=float)  # the largest norms first, as at the start of training
+    assert norm_report(falling, percentile=90).aggressive  # p90 is below all of the first 10 norms
+    assert norm_report(falling, percentile=90).clipped_fraction == pytest.approx(0.1)
+    rising = falling[::-1]
+    assert not norm_report(rising, percentile=40).aggressive  # clips 60% of steps, but none of the first
+    assert norm_report(rising, percentile=5, early_fraction=0.1, aggressive_fraction=0.3).aggressive
 
 
 def test_clip_scales_to_threshold_only_when_above():

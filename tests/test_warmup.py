@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from stabsweep.analysis.warmup import WarmupPick, picks, verdict
 from stabsweep.cli import app
 from stabsweep.config import load_config
-from stabsweep.procedures.warmup import pick, plan
+from stabsweep.procedures.warmup import plan
 
 from .conftest import MINIMAL
 
@@ -47,16 +48,55 @@ def test_plan_with_every_candidate_too_long_is_a_user_error(write_config):
         plan(config, 0.1)
 
 
-def test_pick_is_the_shortest_ok_warmup_and_none_when_none_works():
-    trials = pd.DataFrame(
-        {
-            "phase": ["probe"] * 8,
-            "base_lr": [1.0] * 4 + [10.0] * 4,
-            "warmup_steps": [0, 10, 100, 1000] * 2,
-            "status": ["ok", "unstable", "ok", "ok", "diverged", "diverged", "learned_nothing", "unstable"],
-        }
+def probes(rows, seeds=None):
+    """(base_lr, warmup_steps, status) rows of probes, optionally with seeds."""
+    return pd.DataFrame(
+        [
+            {
+                "trial_id": i,
+                "phase": "probe",
+                "base_lr": b,
+                "warmup_steps": w,
+                "status": st,
+                "seed": (seeds or [0] * len(rows))[i],
+            }
+            for i, (b, w, st) in enumerate(rows)
+        ]
     )
-    assert pick(trials) == {1.0: 100, 10.0: None}  # a working baseline is not a warmup
+
+
+def test_the_pick_is_the_shortest_warmup_after_which_every_longer_one_works():
+    found = picks(
+        probes(
+            [
+                *[(1.0, 0, "diverged"), (1.0, 10, "ok"), (1.0, 30, "diverged"), (1.0, 100, "ok"), (1.0, 300, "ok")],
+                *[
+                    (10.0, 0, "diverged"),
+                    (10.0, 10, "diverged"),
+                    (10.0, 100, "learned_nothing"),
+                    (10.0, 300, "unstable"),
+                ],
+            ]
+        )
+    )
+    assert found[1.0].recommended == 100 and found[1.0].candidates == [100, 300]
+    assert found[1.0].lucky == [10]  # ok between failures: luck, not a recommendation
+    assert found[10.0].recommended is None and not found[10.0].baseline_ok
+
+
+def test_a_warmup_works_only_when_every_seed_is_ok():
+    found = picks(
+        probes([(1.0, 0, "diverged"), (1.0, 0, "diverged"), (1.0, 10, "ok"), (1.0, 10, "unstable")], [0, 1, 0, 1])
+    )
+    assert found[1.0].working == [] and found[1.0].recommended is None
+
+
+def test_when_the_baseline_is_ok_the_verdict_says_no_warmup_is_needed():
+    found = picks(probes([(1.0, 0, "ok"), (1.0, 10, "ok"), (1.0, 100, "ok")]))
+    assert found[1.0].baseline_ok
+    text = verdict(found[1.0], 0.1, [], [10.0])
+    assert "trains stably without any warmup: no warmup is needed at this rate" in text
+    assert "--multiplier 100" in text and "A warmup of" not in text
 
 
 @pytest.mark.slow
@@ -76,39 +116,61 @@ def test_from_run_end_to_end(smoke_config, tmp_path):
         assert (tmp_path / "warmup" / "plots" / name).exists()
 
 
+def warmup_args(smoke_config, tmp_path, unstable):
+    return [
+        "warmup",
+        str(smoke_config),
+        "--unstable-lr",
+        str(unstable),
+        "--out",
+        str(tmp_path),
+        "--set",
+        "train.steps=200",
+        "--set",
+        "warmup_sweep.warmup_steps=[5, 10, 20]",
+        "--json",
+    ]
+
+
 @pytest.mark.slow
-def test_pick_and_confirm(smoke_config, tmp_path):
-    # pretend 0.01 was unstable: at 10× = 0.1 a 5-step warmup learns too little in its 15 steps,
-    # a 10-step one trains: it is picked, then confirmed on the full schedule
-    result = runner.invoke(
-        app,
-        [
-            "warmup",
-            str(smoke_config),
-            "--unstable-lr",
-            "0.01",
-            "--out",
-            str(tmp_path),
-            "--set",
-            "train.steps=200",
-            "--set",
-            "warmup_sweep.warmup_steps=[5, 10, 20]",
-            "--json",
-        ],
-    )
+def test_a_rate_that_trains_without_warmup_needs_none(smoke_config, tmp_path):
+    result = runner.invoke(app, warmup_args(smoke_config, tmp_path, 0.01))  # 10 × 0.01 trains on its own
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     trials = pd.read_csv(tmp_path / "warmup" / "trials.csv")
-    probes = trials[(trials["phase"] == "probe") & (trials["warmup_steps"] > 0)]
-    assert summary["base_lr"] == pytest.approx(0.1)
-    assert summary["recommended_warmup_steps"] == probes[probes["status"] == "ok"]["warmup_steps"].min() == 10
-    confirm = trials[trials["phase"] == "confirm"].iloc[0]
-    assert confirm["warmup_steps"] == 10 and confirm["steps_run"] == 200 + 10
+    assert trials.loc[trials["warmup_steps"] == 0, "status"].tolist() == ["ok"]
+    assert summary["baseline_ok"] and summary["recommended_warmup_steps"] == 0
+    assert "no warmup is needed at this rate" in summary["verdict"] and summary["confirms"] == []
+    assert "confirm" not in set(trials["phase"])
+
+
+@pytest.mark.slow
+def test_when_a_confirm_run_does_not_hold_the_next_longer_warmup_is_confirmed(smoke_config, tmp_path, monkeypatch):
+    from stabsweep.analysis import warmup as rules
+    from stabsweep.procedures import warmup as procedure
+
+    pick = WarmupPick(0.1, False, [5, 10, 20], [10, 20], [5])
+    monkeypatch.setattr(procedure, "picks", lambda trials: {0.1: pick})
+    calls = []
+
+    def holds_second_time(trials, specs):
+        calls.append([s.warmup_steps for s in specs])
+        return len(calls) == 2
+
+    monkeypatch.setattr(rules, "confirm_holds", holds_second_time)
+    result = runner.invoke(app, warmup_args(smoke_config, tmp_path, 0.01))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert calls == [[10], [20]]
+    trials = pd.read_csv(tmp_path / "warmup" / "trials.csv")
+    confirms = trials[trials["phase"] == "confirm"].sort_values("trial_id")
+    assert confirms["warmup_steps"].tolist() == [10, 20] and confirms["steps_run"].max() <= 220
     steps = pd.read_csv(tmp_path / "warmup" / "steps.csv")
-    lrs = steps[steps["trial_id"] == confirm["trial_id"]]["lr"].to_numpy()
-    assert lrs[:3] == pytest.approx([0.01, 0.02, 0.03]) and lrs[9:] == pytest.approx([0.1] * 201)
-    assert summary["confirm"]["status"] == confirm["status"]
-    assert "A warmup of 10 steps makes lr=0.1" in summary["verdict"]
+    lrs = steps[steps["trial_id"] == confirms["trial_id"].iloc[0]]["lr"].to_numpy()
+    assert lrs[:3] == pytest.approx([0.01, 0.02, 0.03])  # the ramp to 0.1 over 10 steps, then the schedule
+    assert summary["recommended_warmup_steps"] == 20
+    assert "The full-length run with 10 steps did not hold" in summary["verdict"]
+    assert "A warmup of 5 steps was ok while a longer one failed: luck" in summary["verdict"]
 
 
 @pytest.mark.parametrize(
@@ -138,25 +200,24 @@ def test_run_without_unstable_rate_says_extend_the_grid(tmp_path):
     assert result.exit_code == 2 and "found no unstable rate" in result.output and "extend the lr grid" in result.output
 
 
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        ("ok", "trained better than"),
-        ("unstable", "confirm run was unstable later on"),
-        ("diverged", "But the full-length confirm run was diverged"),
-    ],
-)
-def test_verdict_names_the_confirm_outcome(status, expected):
-    from stabsweep.procedures.warmup import verdict
-
-    confirm = {
+def confirm(warmup, status, holds):
+    return {
+        "warmup_steps": warmup,
         "status": status,
         "reason": "r",
+        "holds": holds,
         "best_eval_loss": 1.0,
         "comparison": "better than",
         "lr_star_best_eval_loss": 1.2,
         "lr_star": 0.01,
     }
-    text = verdict(0.1, 0.01, 10, confirm)
-    assert text.startswith("A warmup of 10 steps makes lr=0.1") and expected in text
-    assert verdict(0.1, 0.01, None, None).startswith("No warmup in the grid")
+
+
+def test_the_verdict_names_the_confirm_that_held_and_the_one_that_did_not():
+    pick = WarmupPick(0.1, False, [10, 30], [10, 30], [])
+    text = verdict(pick, 0.01, [confirm(10, "unstable", False), confirm(30, "ok", True)], [10.0])
+    assert text.startswith("A warmup of 30 steps makes lr=0.1 (10× the unstable rate 0.01) train stably.")
+    assert "The full-length run with 10 steps did not hold: unstable" in text and "trained better than" in text
+    text = verdict(pick, 0.01, [confirm(10, "diverged", False), confirm(30, "unstable", False)], [10.0])
+    assert "no full-length run with warmup held: 10 (diverged: r), 30 (unstable: r)" in text
+    assert verdict(WarmupPick(0.1, False), 0.01, [], [10.0]).startswith("No warmup in the grid")

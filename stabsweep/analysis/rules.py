@@ -23,6 +23,14 @@ class Verdict:
     status: TrialStatus
     reason: str
     diverged_step: int | None = None
+    early: bool = False  # the instability fell in the run's first early_fraction of steps (or it diverged there)
+
+    @property
+    def instability(self) -> str | None:
+        """ "early" or "mid-training" for a trial that diverged or was unstable, else None."""
+        if not self.status.instability:
+            return None
+        return "early" if self.early else "mid-training"
 
 
 def diverged(loss: float, initial_loss: float, factor: float) -> bool:
@@ -59,13 +67,20 @@ def smoothed(losses: np.ndarray, span: int) -> np.ndarray:
     return pd.Series(losses).ewm(span=span, adjust=True).mean().to_numpy()
 
 
-def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = None) -> Verdict:
-    """Classify one finished (or stopped) trial from its per-step training losses."""
+def judge(
+    losses: np.ndarray, detect: DetectConfig, num_classes: int | None = None, run_length: int | None = None
+) -> Verdict:
+    """Classify one finished (or stopped) trial from its per-step training losses.
+
+    ``run_length`` is the length of the run the losses are the start of (the early check
+    trains the first steps of a longer run): "early" means its first ``early_fraction``.
+    """
+    run_length = run_length or losses.size
     if losses.size == 0:
         return Verdict(TrialStatus.FAILED, "no training step ran")
     initial = float(losses[0])
     if not math.isfinite(initial):
-        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({initial}) at step 1", 1)
+        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({initial}) at step 1", 1, early=True)
     step = divergence_step(losses, initial, detect.divergence_factor)
     if step is not None:
         value = float(losses[step - 1])
@@ -74,7 +89,7 @@ def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = No
             if not math.isfinite(value)
             else f"loss {value:.4g} > {detect.divergence_factor:g} × initial at step {step}"
         )
-        return Verdict(TrialStatus.DIVERGED, why, step)
+        return Verdict(TrialStatus.DIVERGED, why, step, early=step <= _early_window(run_length, detect))
 
     curve = smoothed(losses, detect.smoothing)
     final = float(curve[-1])
@@ -92,18 +107,18 @@ def judge(losses: np.ndarray, detect: DetectConfig, num_classes: int | None = No
                 f"final smoothed loss {final:.4g} {where} chance level ln {num_classes} = {chance:.4g}",
             )
 
-    early = _early_spike(losses, initial, detect)
-    if early:
-        return Verdict(TrialStatus.UNSTABLE, early)
-    rise = _mid_training_rise(curve, initial, detect)
+    spike = _early_spike(losses, initial, detect, run_length)
+    if spike:
+        return Verdict(TrialStatus.UNSTABLE, spike, early=True)
+    rise = _mid_training_rise(curve, initial, detect, run_length)
     if rise:
-        return Verdict(TrialStatus.UNSTABLE, rise)
+        return Verdict(TrialStatus.UNSTABLE, rise, early=rise.startswith("early"))
     return Verdict(TrialStatus.OK, f"loss fell {initial:.4g} → {final:.4g}")
 
 
-def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
+def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig, run_length: int) -> str | None:
     """Early instability: a loss well above the initial one in the first steps, then recovery."""
-    head = losses[: _early_window(losses.size, detect)]
+    head = losses[: _early_window(run_length, detect)]
     peak = int(np.argmax(head))
     if head[peak] > detect.early_spike_factor * initial:
         return (
@@ -113,7 +128,7 @@ def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig) -> st
     return None
 
 
-def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig) -> str | None:
+def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig, run_length: int) -> str | None:
     """A rise of the smoothed loss that gives back a share of the progress made.
 
     Progress at step t is (initial − best smoothed loss so far); the rule fires when the
@@ -129,7 +144,7 @@ def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig) 
     if hits.size == 0:
         return None
     t = int(hits[0])
-    kind = "early" if t < _early_window(curve.size, detect) else "mid-training"
+    kind = "early" if t < _early_window(run_length, detect) else "mid-training"
     return (
         f"{kind} instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
         f"at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress"

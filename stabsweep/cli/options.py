@@ -29,6 +29,14 @@ from typer.core import TyperCommand, TyperGroup
 from stabsweep.config.names import EngineName, ExecutorName
 from stabsweep.errors import RunFailed, UserError
 
+SEEDS_KEYS = {  # the config keys --seeds sets, per command
+    "lr": ("lr_sweep.seeds",),
+    "warmup": ("warmup_sweep.seeds",),
+    "clip": ("clip_sweep.seeds",),
+    "find": ("find.seeds",),
+    "tune": ("lr_sweep.seeds", "warmup_sweep.seeds", "clip_sweep.seeds"),
+}
+
 
 @dataclasses.dataclass
 class CommonOptions:
@@ -73,6 +81,12 @@ class CommonOptions:
         int | None,
         typer.Option("--workers", min=1, help="Worker processes for --executor process (execution.workers)."),
     ] = None
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds", min=1, max=1000, help="Seeds per setting: instability as a probability (the sweep's seeds key)."
+        ),
+    ] = None
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -80,9 +94,10 @@ class CommonOptions:
         ),
     ] = None
 
-    def flag_overrides(self) -> dict[str, tuple[str, Any]]:
+    def flag_overrides(self, command: str) -> dict[str, tuple[str, Any]]:
         """The options that set a config key: key -> (the option, its value), for those given."""
         keys = {
+            **{key: ("--seeds", self.seeds) for key in SEEDS_KEYS.get(command, ())},
             "device": ("--device", self.device),
             "execution.engine": ("--engine", self.engine),
             "execution.executor": ("--executor", self.executor),
@@ -144,7 +159,7 @@ class Session:
         from stabsweep.report.console import make_console
 
         options = self.options
-        overrides = parse_overrides([*(options.set_ or []), *extra_overrides], flags=options.flag_overrides())
+        overrides = parse_overrides([*(options.set_ or []), *extra_overrides], flags=options.flag_overrides(self.name))
         config = load_config(config_path, overrides)
         run_options = RunOptions(
             out=options.out or default_out,

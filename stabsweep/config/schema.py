@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -161,8 +161,12 @@ def positive_numbers(value: Any, what: str, integer: bool = False, top: float = 
     return [int(v) for v in value] if integer else [float(v) for v in value]
 
 
+Seeds = Annotated[Int, Field(ge=1, le=1000)]  # trials per setting: seeds seed, seed+1, ..., seed+N-1
+
+
 class LrSweepConfig(_Strict):
     lrs: LogGrid | list[float] = Field(default_factory=lambda: LogGrid(min=1e-4, max=10, num=11))
+    seeds: Seeds = 1  # seeds per rate; instability becomes a probability per rate
     early_check_steps: Int = Field(500, ge=1, le=MAX_STEPS)  # length of --early-check's run
     early_check_multiplier: Float = Field(2.0, gt=0, le=MAX_LR)  # --early-check trains at this × best_lr
 
@@ -184,7 +188,9 @@ class LrSweepConfig(_Strict):
 
 class WarmupSweepConfig(_Strict):
     multipliers: list[float] = Field(default_factory=lambda: [10.0])  # base_lr = m × unstable
-    warmup_steps: list[int] = Field(default_factory=lambda: [10, 100, 1000, 10000])
+    # The playbook's candidates; those above max_fraction × train.steps are dropped.
+    warmup_steps: list[int] = Field(default_factory=lambda: [10, 1000, 10000, 100000])
+    seeds: Seeds = 1  # seeds per probe; a warmup is recommended when every seed is ok
     max_fraction: Float = Field(0.1, gt=0, le=1)  # candidates above this share of train.steps are dropped
     warn_fraction: Float = Field(0.05, gt=0, le=1)  # warn when the pick exceeds this share
     confirm: bool = True  # run the full-length schedule with the picked warmup
@@ -202,6 +208,7 @@ class WarmupSweepConfig(_Strict):
 
 class ClipSweepConfig(_Strict):
     percentile: Float = Field(90.0, gt=0, le=100)  # the recommended threshold's percentile
+    seeds: Seeds = 1  # seeds per threshold of --sweep (and whose norms the report reads)
     percentiles: list[float] = Field(default_factory=lambda: [50.0, 75.0, 90.0, 99.0])
     aggressive_fraction: Float = Field(0.5, gt=0, le=1)  # more clipped than this: too aggressive
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ class Context:
     options: RunOptions
     console: Console
     told: set[str] = field(default_factory=set)  # engine notes already printed: say each once
+    plot_warnings: list[str] = field(default_factory=list)  # plots that could not be drawn, and why
 
     @property
     def run_root(self) -> Path:
@@ -115,6 +117,19 @@ class Context:
                         self.console.print(note, markup=False)
         prune(checkpoints, store.completed)
         return results
+
+    def title(self, command: str, what: str) -> str:
+        """A plot's title: the run and the command, then what it shows."""
+        return f"{self.config.name} · {command}: {what}"
+
+    def plot(self, draw: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Draw a plot; a plot is a side feature, so one that fails is a warning, never a failed command."""
+        try:
+            draw(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a plot must never fail a run
+            path = next((a for a in args if isinstance(a, Path)), None)
+            name = path.name if path else draw.__name__
+            self.plot_warnings.append(f"plot {name} not drawn: {type(exc).__name__}: {exc}")
 
     def stop_if_nothing_trained(self, store: ResultsStore, trials: Any, command: str) -> None:
         """When every trial raised: write summary.json with the error, say it, and end with exit 3."""

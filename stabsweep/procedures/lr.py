@@ -1,8 +1,8 @@
 """``stabsweep lr``: the learning-rate sweep that finds lr* and the unstable base rate.
 
-Plan one trial per rate of the grid, run them, apply the detection rules, then (with
-``--early-check``) a short run at 2 × lr* evaluated every step, to catch the early
-instability that a coarse eval cadence hides.
+Plan one trial per rate and seed, run them, apply the detection rules, then (with
+``--early-check``) the first ``early_check_steps`` of the real run at 2 × lr*, evaluated
+every step, to catch the early instability that a coarse eval cadence hides.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from stabsweep.analysis.lr import LrFindings, lr_findings
+from stabsweep.analysis.lr import LrFindings, lr_findings, verdict
 from stabsweep.config.schema import Config
 from stabsweep.procedures.context import Context
 from stabsweep.records import TrialSpec, TrialStatus
@@ -20,35 +20,47 @@ from stabsweep.report.console import print_verdict, trials_table
 COMMAND = "lr"
 
 
-def plan(config: Config) -> list[TrialSpec]:
-    """One trial per learning rate; every trial shares seed, steps, schedule and clipping."""
+def seeds_of(config: Config, count: int) -> list[int]:
+    """The seeds of a sweep of ``count`` seeds per setting: seed, seed + 1, ..., seed + count − 1."""
+    return [config.seed + k for k in range(count)]
+
+
+def plan(config: Config, lrs: list[float] | None = None) -> list[TrialSpec]:
+    """One trial per learning rate and seed; all share steps, schedule and clipping. Trials are
+    numbered seed by seed (rate i of seed k is trial k × rates + i), so adding seeds to a
+    sweep leaves the finished trials' numbers as they were."""
     train = config.train
+    lrs = lrs or config.lr_sweep.values()
     return [
         TrialSpec(
-            trial_id=i,
+            trial_id=k * len(lrs) + i,
             lr=lr,
-            seed=config.seed,
+            seed=seed,
             steps=train.steps,
             eval_every=train.eval_every,
             schedule=train.schedule,
             clip=train.clip,
             columns={"phase": "sweep"},
         )
-        for i, lr in enumerate(config.lr_sweep.values())
+        for k, seed in enumerate(seeds_of(config, config.lr_sweep.seeds))
+        for i, lr in enumerate(lrs)
     ]
 
 
 def early_check_spec(config: Config, best_lr: float, trial_id: int) -> TrialSpec:
-    sweep = config.lr_sweep
+    """The first ``early_check_steps`` of the real run (its full schedule, cut) at
+    ``early_check_multiplier`` × lr*, evaluated every step."""
+    sweep, train = config.lr_sweep, config.train
     return TrialSpec(
         trial_id=trial_id,
         lr=best_lr * sweep.early_check_multiplier,
         seed=config.seed,
-        steps=min(sweep.early_check_steps, config.train.steps),
+        steps=min(sweep.early_check_steps, train.steps),
         eval_every=1,
-        schedule=config.train.schedule,
-        clip=config.train.clip,
+        schedule=train.schedule,
+        clip=train.clip,
         columns={"phase": "early_check"},
+        run_steps=train.steps,
     )
 
 
@@ -57,7 +69,12 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     job = ctx.job()
     store = ctx.store(COMMAND)
     specs = plan(config)
-    ctx.run_trials(specs, job, store, f"lr sweep ({len(specs)} rates)")
+    stale = store.trials_of_phase("early_check") - {len(specs)}  # numbered for fewer seeds: lr* may move
+    if stale:
+        store.forget(stale)
+    rates, seeds = len(config.lr_sweep.values()), config.lr_sweep.seeds
+    label = f"lr sweep ({rates} rates" + (f" × {seeds} seeds)" if seeds > 1 else ")")
+    ctx.run_trials(specs, job, store, label)
     trials, steps, evals = store.finalize()
     ctx.stop_if_nothing_trained(store, trials, COMMAND)
     sweep = trials[trials["phase"] == "sweep"]
@@ -68,114 +85,135 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
         spec = early_check_spec(config, found.best_lr, trial_id=len(specs))
         ctx.run_trials([spec], job, store, f"early check at lr={spec.lr:g}")
         trials, steps, evals = store.finalize()
-        early = _early_summary(trials, spec)
+        early = early_summary(trials, spec, found)
         part = steps[steps["trial_id"] == spec.trial_id]
-        plots.early_check(
-            part, evals[evals["trial_id"] == spec.trial_id], spec.lr, store.folder / "plots" / "early_check.png"
+        ctx.plot(
+            plots.early_check,
+            part,
+            evals[evals["trial_id"] == spec.trial_id],
+            spec.lr,
+            store.folder / "plots" / "early_check.png",
+            title=ctx.title(COMMAND, f"early check: the first {spec.steps} steps at {spec.lr:.3g}"),
         )
 
     summary = _summary(ctx, found, sweep, early)
-    _plot(store.folder, sweep, steps, found)
+    _plot(ctx, store.folder, sweep, steps, found)
+    summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)
     _report(ctx, sweep, found, summary, str(store.folder))
     return summary
 
 
-def _early_summary(trials: Any, spec: TrialSpec) -> dict[str, Any]:
+def early_summary(trials: Any, spec: TrialSpec, found: LrFindings) -> dict[str, Any]:
+    """The early check's outcome. Only an early instability counts as one: a divergence or a
+    rise of the loss in the first ``detect.early_fraction`` of the real run's steps."""
     row = trials[trials["trial_id"] == spec.trial_id].iloc[0]
-    status = str(row["status"])
-    return {
+    status = TrialStatus.of(row["status"])
+    early = status.instability and row.get("instability") == "early"
+    out = {
         "lr": spec.lr,
+        "multiplier": spec.lr / found.best_lr,
         "steps": spec.steps,
-        "status": status,
+        "of_steps": spec.run_steps,
+        "status": status.value,
         "reason": str(row["reason"]),
-        "early_instability": TrialStatus.of(status) in (TrialStatus.DIVERGED, TrialStatus.UNSTABLE),
+        "early_instability": bool(early),
         "trial_id": spec.trial_id,
     }
-
-
-def verdict(found: LrFindings) -> str:
-    if found.best_lr is None:
-        return "No learning rate in the grid trained: every trial was infeasible or failed."
-    best = f"Best learning rate {found.best_lr:.3g} ({found.objective.replace('_', ' ')} {found.best_objective:.4g})"
-    if found.unstable_base_lr is None:
-        return f"{best}; no rate above it diverged or was unstable, so the grid does not reach the instability."
-    return f"{best}; training becomes unstable at {found.unstable_base_lr:.3g} ({found.unstable_reason})."
+    if early:
+        out["verdict"] = (
+            f"{spec.lr / found.best_lr:g} × lr* = {spec.lr:.3g} is unstable in the first {spec.steps} steps of the "
+            f"real run ({row['reason']}): lr* {found.best_lr:.3g} itself is at risk; a small change or another "
+            "seed could tip it over. A warmup protects the start of training."
+        )
+    else:
+        out["verdict"] = f"{spec.lr:.3g} trains through the first {spec.steps} steps without an early instability."
+    return out
 
 
 def next_command(ctx: Context, found: LrFindings) -> str:
     config, root = ctx.config, str(ctx.run_root)
     grid = config.lr_sweep.values()
+    source = shlex.quote(config.source)
+    lowest = found.rates[0] if found.rates else None
+    if found.best_lr is None or (lowest and lowest[TrialStatus.DIVERGED.value]):  # nothing trains, or even the lowest rate blows up:
+        return f"stabsweep doctor {source}"  # rule out a bug before sweeping further
     if found.unstable_base_lr is not None:
         return f"stabsweep warmup --from {shlex.quote(root)}"
-    source = shlex.quote(config.source)
-    if found.best_lr is None:
-        low = grid[0] / 1000
-        return f"stabsweep lr {source} --set 'lr_sweep.lrs={{min: {low:g}, max: {grid[0]:g}, num: 7}}' --force"
     high = grid[-1] * 1000
     return f"stabsweep lr {source} --set 'lr_sweep.lrs={{min: {found.best_lr:g}, max: {high:g}, num: 7}}' --force"
 
 
 def _summary(ctx: Context, found: LrFindings, sweep: Any, early: dict[str, Any] | None) -> dict[str, Any]:
+    text = verdict(found)
+    if early is not None and early["early_instability"]:
+        text += " " + early["verdict"]
     return {
         "command": COMMAND,
         "config": ctx.config.source,
         "best_lr": found.best_lr,
         "unstable_base_lr": found.unstable_base_lr,
-        "verdict": verdict(found),
+        "unstable_kind": found.unstable_kind,
+        "p_unstable": found.p_unstable,
+        "verdict": text,
         "infeasible_fraction": found.infeasible_fraction,
-        "warnings": found.warnings,
+        "warnings": list(found.warnings),
         "objective": found.objective,
         "best_objective": found.best_objective,
         "best_trial_id": found.best_trial_id,
         "unstable_trial_id": found.unstable_trial_id,
         "unstable_reason": found.unstable_reason,
-        "statuses": sweep["status"].value_counts().to_dict(),
+        "seeds": ctx.config.lr_sweep.seeds,
+        "edge_rates": found.edge_rates,
+        "rates": found.rates,
+        "statuses": {str(k): int(v) for k, v in sweep["status"].value_counts().items()},
         "early_check": early,
         "rules": {
-            "best_lr": f"lowest {found.objective} among feasible (ok or unstable) trials",
-            "unstable_base_lr": "smallest swept rate above best_lr whose trial is diverged or unstable",
+            "feasible_rate": "every seed's trial is ok or unstable",
+            "best_lr": f"the feasible rate with the lowest mean {found.objective} over its seeds",
+            "unstable_base_lr": "smallest rate above best_lr where any seed diverged, was unstable or learned nothing",
+            "p_unstable": "share of a rate's seeds that diverged, were unstable or learned nothing",
+            "early_check": "the first early_check_steps of the real run at early_check_multiplier × lr*; an early "
+            "instability is a divergence or a rise in the first detect.early_fraction of the real run",
             "detect": ctx.config.detect.model_dump(),
         },
         "next_command": next_command(ctx, found),
     }
 
 
-def _plot(folder: Any, sweep: Any, steps: Any, found: LrFindings) -> None:
+def _plot(ctx: Context, folder: Any, sweep: Any, steps: Any, found: LrFindings) -> None:
     out = folder / "plots"
-    plots.hyperparameter_axis(
+    ctx.plot(
+        plots.hyperparameter_axis,
         sweep,
         "lr",
         found.objective,
         out / "lr_sweep.png",
         best=found.best_lr,
         unstable=found.unstable_base_lr,
-        title="learning-rate sweep",
+        title=ctx.title(COMMAND, "learning-rate sweep"),
         xlabel="learning rate",
     )
     above = []
     if found.best_lr is not None:
-        above = list(sweep[sweep["lr"] > found.best_lr].sort_values("lr")["trial_id"][:3])
+        rates = sorted(r for r in sweep["lr"].unique() if r > found.best_lr)[:3]
+        above = list(sweep[sweep["lr"].isin(rates) & (sweep["seed"] == ctx.config.seed)]["trial_id"])
     sweep_steps = steps[steps["trial_id"].isin(sweep["trial_id"])]
-    plots.step_curves(
-        sweep_steps,
-        sweep,
-        "train_loss",
-        out / "loss_curves.png",
-        best_id=found.best_trial_id,
-        above_ids=above,
-        smooth=20,
-        title="training loss",
-    )
-    plots.step_curves(
-        sweep_steps,
-        sweep,
-        "grad_norm",
-        out / "grad_norms.png",
-        best_id=found.best_trial_id,
-        above_ids=above,
-        title="gradient norm before clipping",
-    )
+    for column, name, smooth, label in (
+        ("train_loss", "loss_curves.png", 20, "training loss"),
+        ("grad_norm", "grad_norms.png", 1, "gradient norm before clipping"),
+    ):
+        ctx.plot(
+            plots.step_curves,
+            sweep_steps,
+            sweep,
+            column,
+            out / name,
+            best_id=found.best_trial_id,
+            above_ids=above,
+            smooth=smooth,
+            title=ctx.title(COMMAND, label),
+        )
 
 
 def _report(ctx: Context, sweep: Any, found: LrFindings, summary: dict[str, Any], folder: str) -> None:
@@ -184,12 +222,42 @@ def _report(ctx: Context, sweep: Any, found: LrFindings, summary: dict[str, Any]
         marks[found.best_trial_id] = "lr*"
     if found.unstable_trial_id is not None:
         marks[found.unstable_trial_id] = "unstable base lr"
-    columns = ["lr", "status", found.objective, "diverged_step", "reason"]
-    ctx.console.print(trials_table(sweep, columns, "learning-rate sweep", marks))
+    if ctx.config.lr_sweep.seeds > 1:
+        ctx.console.print(rates_table(found))
+    else:
+        columns = ["lr", "status", found.objective, "diverged_step", "reason"]
+        ctx.console.print(trials_table(sweep, columns, "learning-rate sweep", marks))
     early = summary["early_check"]
     if early:
         ctx.console.print(
-            f"Early check at lr={early['lr']:g} ({early['steps']} steps, eval every step): "
-            f"{early['status']} — {early['reason']}"
+            f"Early check at lr={early['lr']:g} (the first {early['steps']} of {early['of_steps']} steps, "
+            f"eval every step): {early['status']} — {early['reason']}"
         )
     print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+
+
+def rates_table(found: LrFindings) -> Any:
+    """The per-rate table of a sweep with several seeds."""
+    from rich.table import Table
+
+    table = Table(title="learning-rate sweep, per rate over its seeds", title_justify="left")
+    headers = ["lr", "seeds", *(status.value.replace("_", " ") for status in TrialStatus), "p_unstable", "objective"]
+    for name in headers:
+        table.add_column(name, justify="right")
+    table.add_column("note")
+    for rate in found.rates:
+        objective = (
+            "–" if rate["objective_mean"] is None else f"{rate['objective_mean']:.4g} ± {rate['objective_std']:.2g}"
+        )
+        note = "lr*" if rate["lr"] == found.best_lr else ""
+        note = "unstable base lr" if rate["lr"] == found.unstable_base_lr else note
+        note += " (at the edge)" if rate["lr"] in found.edge_rates else ""
+        table.add_row(
+            f"{rate['lr']:.4g}",
+            str(rate["seeds"]),
+            *(str(rate[status.value]) for status in TrialStatus),
+            "–" if rate["p_unstable"] is None else f"{rate['p_unstable']:.0%}",
+            objective,
+            note.strip(),
+        )
+    return table

@@ -1,11 +1,12 @@
 """``stabsweep warmup``: the shortest warmup that lets a 10× higher learning rate train.
 
-The playbook's recipe (docs/contract.md, "Detection rules"): take the unstable base rate from the lr sweep, multiply
-it (10× by default), and probe linear warmups of increasing length: each probe ramps from 0
-to ``base_lr`` over ``warmup_steps`` and then holds ``base_lr`` for ``post_warmup_steps`` =
+The playbook's recipe: take the unstable base rate from the lr sweep, multiply it (10× by
+default), and probe linear warmups of increasing length: each probe ramps from 0 to
+``base_lr`` over ``warmup_steps`` and then holds ``base_lr`` for ``post_warmup_steps`` =
 2 × ``warmup_steps``. A no-warmup baseline at each base rate shows what warmup fixes. The
-pick is the shortest warmup whose probe is ok; a confirm run then trains the full schedule
-with that warmup prepended and is compared with the lr sweep's best trial.
+rules that pick a warmup from the probes are in ``analysis/warmup.py``; a confirm run then
+trains the full schedule with that warmup prepended, every seed, and is compared with the
+lr sweep's best trial.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stabsweep.analysis.warmup import confirm_summary, pick, verdict
+from stabsweep.analysis.warmup import WarmupPick, confirm_summary, picks, verdict
 from stabsweep.config.schema import Config, ScheduleConfig
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
+from stabsweep.procedures.lr import seeds_of
 from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
@@ -24,6 +26,7 @@ from stabsweep.results.runs import LrRun
 
 COMMAND = "warmup"
 POST_WARMUP_FACTOR = 2  # post_warmup_steps = 2 × warmup_steps
+CONFIRM_IDS = 100_000  # confirm runs are numbered from here, after any number of probes
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class WarmupPlan:
 
 
 def plan(config: Config, unstable_base_lr: float) -> WarmupPlan:
-    """Baseline and probes per base rate; candidates above 10% of train.steps are dropped."""
+    """Baseline and probes per base rate and seed; candidates above 10% of train.steps are dropped."""
     sweep, train = config.warmup_sweep, config.train
     cap = sweep.max_fraction * train.steps
     kept = [w for w in sweep.warmup_steps if w <= cap]
@@ -49,15 +52,16 @@ def plan(config: Config, unstable_base_lr: float) -> WarmupPlan:
     base_lrs = [float(f"{m * unstable_base_lr:.6g}") for m in sweep.multipliers]
     constant = ScheduleConfig(name="constant")
     longest = (1 + POST_WARMUP_FACTOR) * max(kept)
+    settings = [(m, b, w) for m, b in zip(sweep.multipliers, base_lrs, strict=True) for w in (0, *kept)]
     probes = []
-    for multiplier, base_lr in zip(sweep.multipliers, base_lrs, strict=True):
-        for w in (0, *kept):
+    for k, seed in enumerate(seeds_of(config, sweep.seeds)):  # seed by seed: more seeds keep the numbers
+        for i, (multiplier, base_lr, w) in enumerate(settings):
             steps = (1 + POST_WARMUP_FACTOR) * w if w else longest
             probes.append(
                 TrialSpec(
-                    trial_id=len(probes),
+                    trial_id=k * len(settings) + i,
                     lr=base_lr,
-                    seed=config.seed,
+                    seed=seed,
                     steps=steps,
                     eval_every=max(1, min(train.eval_every, steps // 5)),
                     schedule=constant,
@@ -75,26 +79,32 @@ def plan(config: Config, unstable_base_lr: float) -> WarmupPlan:
     return WarmupPlan(unstable_base_lr, base_lrs, kept, dropped, probes)
 
 
-def confirm_spec(config: Config, base_lr: float, multiplier: float, warmup_steps: int, trial_id: int) -> TrialSpec:
-    """The full run: the config's own schedule with the warmup prepended (train.steps + warmup)."""
+def confirm_specs(
+    config: Config, base_lr: float, multiplier: float, warmup_steps: int, attempt: int
+) -> list[TrialSpec]:
+    """The full run, every seed: the config's own schedule with the warmup prepended (train.steps + warmup)."""
     train = config.train
-    return TrialSpec(
-        trial_id=trial_id,
-        lr=base_lr,
-        seed=config.seed,
-        steps=train.steps + warmup_steps,
-        eval_every=train.eval_every,
-        schedule=train.schedule,
-        warmup_steps=warmup_steps,
-        clip=train.clip,
-        columns={
-            "phase": "confirm",
-            "multiplier": multiplier,
-            "base_lr": base_lr,
-            "warmup_steps": warmup_steps,
-            "post_warmup_steps": train.steps,
-        },
-    )
+    seeds = seeds_of(config, config.warmup_sweep.seeds)
+    return [
+        TrialSpec(
+            trial_id=CONFIRM_IDS + attempt * len(seeds) + k,
+            lr=base_lr,
+            seed=seed,
+            steps=train.steps + warmup_steps,
+            eval_every=train.eval_every,
+            schedule=train.schedule,
+            warmup_steps=warmup_steps,
+            clip=train.clip,
+            columns={
+                "phase": "confirm",
+                "multiplier": multiplier,
+                "base_lr": base_lr,
+                "warmup_steps": warmup_steps,
+                "post_warmup_steps": train.steps,
+            },
+        )
+        for k, seed in enumerate(seeds)
+    ]
 
 
 def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str, Any]:
@@ -106,18 +116,21 @@ def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str
     ctx.run_trials(the_plan.probes, job, store, f"warmup probes at {', '.join(f'{b:g}' for b in the_plan.base_lrs)}")
     trials, steps, _ = store.finalize()
     ctx.stop_if_nothing_trained(store, trials, COMMAND)
-    picks = pick(trials)
-    working = {b: w for b, w in picks.items() if w is not None}
-    base_lr = max(working) if working else the_plan.base_lrs[0]
-    recommended = working.get(base_lr)
+    by_rate = picks(trials)
+    pick = _highest_working(by_rate) or by_rate[min(by_rate)]
 
-    confirm: dict[str, Any] | None = None
-    if recommended is not None and config.warmup_sweep.confirm:
-        multiplier = config.warmup_sweep.multipliers[the_plan.base_lrs.index(base_lr)]
-        spec = confirm_spec(config, base_lr, multiplier, recommended, trial_id=len(the_plan.probes))
-        ctx.run_trials([spec], job, store, f"confirm: warmup {recommended} at lr={base_lr:g}")
-        trials, steps, _ = store.finalize()
-        confirm = confirm_summary(trials, spec, lr_run.summary if lr_run else None)
+    confirms: list[dict[str, Any]] = []
+    if config.warmup_sweep.confirm and not pick.baseline_ok:
+        multiplier = config.warmup_sweep.multipliers[the_plan.base_lrs.index(pick.base_lr)]
+        for attempt, warmup_steps in enumerate(pick.candidates):  # the next-longer one when a confirm fails
+            specs = confirm_specs(config, pick.base_lr, multiplier, warmup_steps, attempt)
+            ctx.run_trials(specs, job, store, f"confirm: warmup {warmup_steps} at lr={pick.base_lr:g}")
+            trials, steps, _ = store.finalize()
+            confirms.append(confirm_summary(trials, specs, lr_run.summary if lr_run else None))
+            if confirms[-1]["holds"]:
+                break
+    held = next((c for c in confirms if c["holds"]), None)
+    recommended = 0 if pick.baseline_ok else held["warmup_steps"] if held else (None if confirms else pick.recommended)
 
     warnings = []
     if the_plan.dropped:
@@ -134,69 +147,97 @@ def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str
         "command": COMMAND,
         "config": config.source,
         "unstable_base_lr": unstable_base_lr,
-        "base_lr": base_lr,
+        "base_lr": pick.base_lr,
         "recommended_warmup_steps": recommended,
-        "picks": [{"base_lr": b, "recommended_warmup_steps": w} for b, w in picks.items()],
+        "baseline_ok": pick.baseline_ok,
+        "seeds": config.warmup_sweep.seeds,
+        "picks": [
+            {
+                "base_lr": p.base_lr,
+                "baseline_ok": p.baseline_ok,
+                "working": p.working,
+                "recommended_warmup_steps": p.recommended,
+                "lucky": p.lucky,
+            }
+            for p in by_rate.values()
+        ],
         "warmup_steps_probed": the_plan.warmup_steps,
         "warmup_steps_dropped": the_plan.dropped,
-        "confirm": confirm,
-        "verdict": verdict(base_lr, unstable_base_lr, recommended, confirm),
+        "confirm": held or (confirms[-1] if confirms else None),
+        "confirms": confirms,
+        "verdict": verdict(pick, unstable_base_lr, confirms, config.warmup_sweep.multipliers),
         "warnings": warnings,
         "rules": {
-            "pick": "shortest warmup whose probe is ok",
+            "works": "every seed's probe with that warmup is ok",
+            "pick": "the shortest warmup that works after which every longer candidate works too",
+            "baseline": "when the no-warmup baseline works, no warmup is needed at that rate",
+            "confirm": "the full schedule with the warmup prepended, every seed ok; else the next-longer pick",
             "probe": f"linear ramp 0 → base_lr over warmup_steps, then base_lr for {POST_WARMUP_FACTOR} × warmup_steps",
             "dropped": f"candidates above {config.warmup_sweep.max_fraction:.0%} of train.steps",
             "detect": config.detect.model_dump(),
         },
         "next_command": f"stabsweep clip-report {ctx.run_root}" + (" --sweep" if recommended is None else ""),
     }
-    _plot(store.folder, trials, steps, lr_run, picks)
+    _plot(ctx, store.folder, trials, steps, lr_run, by_rate)
+    summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)
     _report(ctx, trials, summary, str(store.folder))
     return summary
 
 
+def _highest_working(by_rate: dict[float, WarmupPick]) -> WarmupPick | None:
+    """The highest base rate where a warmup works (or none is needed)."""
+    working = [p for p in by_rate.values() if p.candidates or p.baseline_ok]
+    return max(working, key=lambda p: p.base_lr) if working else None
+
+
 def _print_plan(ctx: Context, the_plan: WarmupPlan) -> None:
     import pandas as pd
 
-    rows = pd.DataFrame([{"trial_id": s.trial_id, "lr": s.lr, **s.columns, "steps": s.steps} for s in the_plan.probes])
+    first_seed = [s for s in the_plan.probes if s.seed == ctx.config.seed]
+    rows = pd.DataFrame([{"trial_id": s.trial_id, "lr": s.lr, **s.columns, "steps": s.steps} for s in first_seed])
     columns = ["base_lr", "warmup_steps", "post_warmup_steps", "steps"]
-    ctx.console.print(
-        trials_table(
-            rows,
-            columns,
-            f"warmup plan (unstable base lr {the_plan.unstable_base_lr:.3g}; warmup 0 = no-warmup baseline)",
-        )
-    )
+    seeds = ctx.config.warmup_sweep.seeds
+    each = f"; each with {seeds} seeds" if seeds > 1 else ""
+    title = f"warmup plan (unstable base lr {the_plan.unstable_base_lr:.3g}; warmup 0 = no-warmup baseline{each})"
+    ctx.console.print(trials_table(rows, columns, title))
     if the_plan.dropped:
         ctx.console.print(
             f"[dim]dropped (above {ctx.config.warmup_sweep.max_fraction:.0%} of train.steps): {the_plan.dropped}[/]"
         )
 
 
-def _plot(folder: Any, trials: Any, steps: Any, lr_run: LrRun | None, picks: dict[float, int | None]) -> None:
+def _plot(
+    ctx: Context, folder: Any, trials: Any, steps: Any, lr_run: LrRun | None, by_rate: dict[float, WarmupPick]
+) -> None:
     out = folder / "plots"
     probes = trials[trials["phase"] == "probe"]
-    plots.warmup_axis(probes, out / "warmup_sweep.png", picks)
+    recommended = {rate: pick.recommended for rate, pick in by_rate.items()}
+    ctx.plot(plots.warmup_axis, probes, out / "warmup_sweep.png", recommended, title=ctx.title(COMMAND, "warmup sweep"))
     lr_trials = lr_run.trials() if lr_run is not None else None
-    plots.base_rate(trials, lr_trials, out / "base_rate.png")
-    probe_steps = steps[steps["trial_id"].isin(probes["trial_id"])]
-    plots.step_curves(
+    ctx.plot(
+        plots.base_rate, trials, lr_trials, out / "base_rate.png", title=ctx.title(COMMAND, "with and without warmup")
+    )
+    first_seed = probes[probes["seed"] == probes["seed"].min()]
+    probe_steps = steps[steps["trial_id"].isin(first_seed["trial_id"])]
+    ctx.plot(
+        plots.step_curves,
         probe_steps,
-        probes,
+        first_seed,
         "train_loss",
         out / "probe_curves.png",
         label="warmup_steps",
-        above_ids=list(probes[probes["status"] == TrialStatus.OK]["trial_id"][:3]),
+        above_ids=list(first_seed[first_seed["status"] == TrialStatus.OK]["trial_id"][:3]),
         smooth=5,
-        title="warmup probes: training loss",
+        title=ctx.title(COMMAND, "warmup probes: training loss"),
     )
 
 
 def _report(ctx: Context, trials: Any, summary: dict[str, Any], folder: str) -> None:
     marks = {}
-    if summary["confirm"]:
-        marks[summary["confirm"]["trial_id"]] = "confirm"
+    for confirm in summary["confirms"]:
+        for trial_id in confirm["trial_ids"]:
+            marks[trial_id] = "confirm (holds)" if confirm["holds"] else "confirm (did not hold)"
     for _, row in trials.iterrows():
         if (
             row["phase"] == "probe"
@@ -204,6 +245,8 @@ def _report(ctx: Context, trials: Any, summary: dict[str, Any], folder: str) -> 
             and row["warmup_steps"] == summary["recommended_warmup_steps"]
         ):
             marks[int(row["trial_id"])] = "pick"
-    columns = ["phase", "base_lr", "warmup_steps", "status", "best_eval_loss", "reason"]
+    columns = ["phase", "base_lr", "warmup_steps", "seed", "status", "best_eval_loss", "reason"]
+    if ctx.config.warmup_sweep.seeds == 1:
+        columns.remove("seed")
     ctx.console.print(trials_table(trials, columns, "warmup sweep", marks))
     print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)

@@ -151,7 +151,7 @@ def step_curves(
     return _save(fig, path)
 
 
-def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path) -> Path:
+def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path, *, title: str = "") -> Path:
     """The early-instability run: training and eval loss at every one of the first steps."""
     fig, ax = _figure()
     ax.plot(steps["step"], steps["train_loss"], color="tab:blue", lw=1, label="train loss")
@@ -160,12 +160,12 @@ def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"early check at lr = {lr:g}: loss at every step")
+    ax.set_title(title or f"early check at lr = {lr:g}: loss at every step")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def warmup_axis(probes: pd.DataFrame, path: Path, picks: dict[float, int | None]) -> Path:
+def warmup_axis(probes: pd.DataFrame, path: Path, picks: dict[float, int | None], *, title: str = "") -> Path:
     """Best eval loss vs warmup steps, one line per base rate; the no-warmup baseline dashed."""
     fig, ax = _figure()
     objective = "best_eval_loss" if probes["best_eval_loss"].notna().any() else "final_train_loss"
@@ -187,12 +187,12 @@ def warmup_axis(probes: pd.DataFrame, path: Path, picks: dict[float, int | None]
     _log_x(ax, probes.loc[probes["warmup_steps"] > 0, "warmup_steps"])
     ax.set_xlabel("warmup steps (probe: ramp, then 2 × warmup at base lr)")
     ax.set_ylabel(objective.replace("_", " "))
-    ax.set_title("warmup sweep (red crosses: infeasible; dotted: the pick)")
+    ax.set_title((title or "warmup sweep") + " (red crosses: infeasible; dotted: the pick)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path) -> Path:
+def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path, *, title: str = "") -> Path:
     """Eval loss vs base learning rate, without warmup (the lr sweep, baselines) and with it."""
     fig, ax = _figure()
     objective = "best_eval_loss"
@@ -224,7 +224,7 @@ def base_rate(trials: pd.DataFrame, lr_trials: pd.DataFrame | None, path: Path) 
     _log_x(ax, np.concatenate([trials["base_lr"], [] if lr_trials is None else lr_trials["lr"]]))
     ax.set_xlabel("base learning rate")
     ax.set_ylabel("best eval loss")
-    ax.set_title("with and without warmup")
+    ax.set_title(title or "with and without warmup")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _save(fig, path)

@@ -137,12 +137,31 @@ class ResultsStore:
         current = yaml.safe_load(dump_config(config))
         for settings in (saved, current):  # how trials run may change between runs; what they are may not
             settings.pop("execution", None)
+            for sweep in ("lr_sweep", "warmup_sweep", "clip_sweep"):  # more seeds: only the new ones run
+                (settings.get(sweep) or {}).pop("seeds", None)
         changed = _first_difference(saved, current)
         if changed:
             raise UserError(
                 f"--resume: {changed} differs from {saved_path}; the finished trials would not "
                 "match the new ones. Use --force to start over, or undo the change"
             )
+
+    def trials_of_phase(self, phase: str) -> set[int]:
+        """The ids of the finished trials of one phase (sweep, early_check, probe, ...)."""
+        trials = self.read(TRIALS)
+        if "phase" not in trials:
+            return set()
+        return set(trials.loc[trials["phase"] == phase, "trial_id"].astype(int))
+
+    def forget(self, trial_ids: set[int]) -> None:
+        """Remove these trials' rows from every file: a result that no longer belongs to the plan
+        (the early check of an lr* that more seeds moved)."""
+        for name in (TRIALS, STEPS, EVALS):
+            frame = self.read(name)
+            if len(frame):
+                frame[~frame["trial_id"].isin(trial_ids)].to_csv(self.folder / name, index=False)
+        for trial_id in trial_ids:
+            self.completed_lrs.pop(trial_id, None)
 
     def drop_unfinished(self) -> None:
         """Keep only finished trials' rows, so a resumed run redoes exactly the unfinished ones."""

@@ -31,14 +31,17 @@ GPU_SYNC_EVERY = 32  # on a GPU, read step metrics in chunks to avoid a stall pe
 
 
 def lr_schedule(spec: TrialSpec) -> np.ndarray:
-    """The trial's learning rate at every step: its schedule, after its warmup ramp."""
-    return lr_table(
+    """The trial's learning rate at every step: its schedule, after its warmup ramp. A trial
+    that is the start of a longer run (``run_steps``) takes the start of that run's table."""
+    length = spec.run_steps or spec.steps
+    table = lr_table(
         spec.schedule.name,
         spec.schedule.kwargs,
         spec.lr,
-        spec.steps - spec.warmup_steps,
+        length - spec.warmup_steps,
         prepend_warmup=spec.warmup_steps,
     )
+    return table[: spec.steps]
 
 
 def training_loss(workload: Workload, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -264,7 +267,7 @@ def trial_result(
     """Judge a trial's records (cut at the steps it ran) and package them as its result."""
     steps_run = losses.size
     evals = [e for e in evals if e["step"] <= steps_run]  # evals past a diverged step of a chunk
-    verdict = judge(losses, detect, num_classes)
+    verdict = judge(losses, detect, num_classes, run_length=spec.run_steps)
     eval_losses = [e["eval_loss"] for e in evals if math.isfinite(e["eval_loss"])]
     return TrialResult(
         spec,
@@ -275,6 +278,7 @@ def trial_result(
         best_eval_loss=min(eval_losses) if eval_losses else None,
         final_train_loss=float(smoothed(losses, detect.smoothing)[-1]) if steps_run else None,
         diverged_step=verdict.diverged_step,
+        instability=verdict.instability,
         steps=step_log(lrs, losses, norms, thresholds),
         evals=evals,
     )
