@@ -8,34 +8,41 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# What running a sweep needs (all the demo installs), and what the tests need on top of it
+# (pytest, ruff, hypothesis, Ray).
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
 .PHONY: setup demo test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
 	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
-setup: $(STAMP)
+setup: $(DEV)
 
-demo: setup  ## the quickstart: lr sweep of an MLP on digits (under a minute on 2 cores)
+demo: $(RUNTIME)  ## the quickstart: lr sweep of an MLP on digits (under a minute on 2 cores)
 	$(PY) -m stabsweep lr configs/quickstart.yaml --force
 
-test: setup lint  ## the whole suite, end-to-end runs included
+test: $(DEV) lint  ## the whole suite, end-to-end runs included
 	$(PY) -m pytest -q
 
-lint: setup
+lint: $(DEV)
 	$(VENV)/bin/ruff check stabsweep tests benchmarks examples
 	$(VENV)/bin/ruff format --check stabsweep tests benchmarks examples
 
-format: setup
+format: $(DEV)
 	$(VENV)/bin/ruff format stabsweep tests benchmarks examples
 	$(VENV)/bin/ruff check --fix stabsweep tests benchmarks examples
 
-bench: setup  ## the engine's speed ratios, measured in one run; written to runs/bench/bench.csv
+bench: $(DEV)  ## the engine's speed ratios, measured in one run; written to runs/bench/bench.csv
 	$(PY) benchmarks/bench.py
 
 clean:

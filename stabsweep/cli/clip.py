@@ -58,7 +58,7 @@ def clip_report(
             raise UserError(f"--lr {lr:g}: expected a positive learning rate")
         if source.is_dir():
             lr_run = read_lr_run(source)
-            ctx = session.context(lr_run.config_path, lr_run.root)
+            ctx = session.context(lr_run.config_path, lr_run.root, saved=not sweep)  # reading a run: no torch
         elif source.is_file():
             lr_run, ctx = None, session.context(source)
         else:

@@ -153,14 +153,16 @@ class Session:
     def __init__(self, name: str, options: CommonOptions) -> None:
         self.name, self.options, self.ctx = name, options, None
 
-    def context(self, config_path: Path, default_out: Path | None = None, extra_overrides: list[str] = ()) -> Any:
+    def context(
+        self, config_path: Path, default_out: Path | None = None, extra_overrides: list[str] = (), saved: bool = False
+    ) -> Any:
         from stabsweep.config.loader import load_config, parse_overrides
         from stabsweep.procedures.context import Context, RunOptions
         from stabsweep.report.console import make_console
 
         options = self.options
         overrides = parse_overrides([*(options.set_ or []), *extra_overrides], flags=options.flag_overrides(self.name))
-        config = load_config(config_path, overrides)
+        config = load_config(config_path, overrides, saved=saved)
         run_options = RunOptions(
             out=options.out or default_out,
             resume=options.resume,

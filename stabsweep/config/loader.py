@@ -104,8 +104,11 @@ def read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: the YAML nests too deeply to be a config") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | Overrides | None = None) -> Config:
-    """Read, override and validate a config file; raise UserError on any problem."""
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | Overrides | None = None, *, saved: bool = False
+) -> Config:
+    """Read, override and validate a config file; raise UserError on any problem. ``saved``: a
+    config a finished run wrote, judged when it ran: checked without building torch objects."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
@@ -116,7 +119,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | Overrides | None =
         overrides = _as_overrides(overrides or {})
     for key, value in overrides.items():
         _apply_override(data, key, value, overrides.origin(key))
-    return validate_config(data, source=str(path), overrides=overrides)
+    return validate_config(data, source=str(path), overrides=overrides, saved=saved)
 
 
 def _as_overrides(values: dict[str, Any]) -> Overrides:
@@ -125,9 +128,11 @@ def _as_overrides(values: dict[str, Any]) -> Overrides:
     return overrides
 
 
-def validate_config(data: dict[str, Any], source: str, overrides: Overrides | None = None) -> Config:
+def validate_config(
+    data: dict[str, Any], source: str, overrides: Overrides | None = None, saved: bool = False
+) -> Config:
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context={"build_torch": not saved})
     except ValidationError as exc:
         raise UserError(_explain(exc, source, overrides or Overrides())) from None
     except UserError as exc:  # raised by a nested check with its own wording

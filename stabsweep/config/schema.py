@@ -11,7 +11,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from stabsweep.config.names import DEVICE_PATTERN, EngineName, ExecutorName
 from stabsweep.errors import ConfigKeyError, short_repr
@@ -55,6 +55,12 @@ class WorkloadConfig(_Strict):
         return self
 
 
+def _builds_torch(info: ValidationInfo) -> bool:
+    """Whether validation may build torch objects to let torch judge values: not when reading
+    back a config a finished run saved (it was judged then), so reading a run needs no torch."""
+    return (info.context or {}).get("build_torch", True)
+
+
 class OptimizerConfig(BaseModel):
     """A torch.optim optimizer by name; other keys are its keyword arguments."""
 
@@ -63,10 +69,10 @@ class OptimizerConfig(BaseModel):
     name: str = "sgd"
 
     @model_validator(mode="after")
-    def _known(self) -> OptimizerConfig:
+    def _known(self, info: ValidationInfo) -> OptimizerConfig:
         from stabsweep.optim.optimizers import check_optimizer
 
-        check_optimizer(self.name, self.kwargs)
+        check_optimizer(self.name, self.kwargs, build=_builds_torch(info))
         return self
 
     @property
@@ -82,10 +88,10 @@ class ScheduleConfig(BaseModel):
     name: str = "constant"
 
     @model_validator(mode="after")
-    def _known(self) -> ScheduleConfig:
+    def _known(self, info: ValidationInfo) -> ScheduleConfig:
         from stabsweep.optim.schedules import check_schedule
 
-        check_schedule(self.name, self.kwargs)
+        check_schedule(self.name, self.kwargs, build=_builds_torch(info))
         return self
 
     @property

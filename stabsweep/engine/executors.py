@@ -19,10 +19,21 @@ from typing import Any
 from stabsweep.engine.runner import run_trials
 from stabsweep.records import TrialJob, TrialResult, TrialSpec, TrialStatus
 
+# In a worker process of the process executor only: where its loop reports its step (set by
+# _start_worker), read by the parent's progress display.
+_steps_queue: Any = None
+
 
 def run_unit(specs: list[TrialSpec], job: TrialJob) -> list[TrialResult]:
     """A worker's share: its trials, run by the engine, returned together."""
-    return list(run_trials(specs, job))
+    progress = None
+    if _steps_queue is not None:
+        pid = os.getpid()
+
+        def progress(step: int, length: int, running: int) -> None:
+            _steps_queue.put((pid, step, length, running))
+
+    return list(run_trials(specs, job, progress))
 
 
 def split(specs: list[TrialSpec], parts: int, job: TrialJob) -> list[list[TrialSpec]]:
@@ -49,8 +60,8 @@ def lost(specs: list[TrialSpec], exc: BaseException) -> list[TrialResult]:
 class LocalExecutor:
     """Every trial in this process."""
 
-    def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
-        yield from run_trials(specs, job)
+    def run(self, specs: list[TrialSpec], job: TrialJob, progress: Any = None) -> Iterator[TrialResult]:
+        yield from run_trials(specs, job, progress)
 
 
 class ProcessExecutor:
@@ -59,10 +70,11 @@ class ProcessExecutor:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers
 
-    def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
+    def run(self, specs: list[TrialSpec], job: TrialJob, progress: Any = None) -> Iterator[TrialResult]:
         import concurrent.futures as cf
         import dataclasses
         import multiprocessing
+        import queue
 
         if not specs:
             return
@@ -77,15 +89,27 @@ class ProcessExecutor:
         for i in range(workers):
             slots.put(gpus[i % len(gpus)] if gpus else None)
         threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(slots, threads))
+        steps = context.Queue() if progress is not None else None
+        pool = cf.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(slots, threads, steps)
+        )
         try:
             futures = {pool.submit(run_unit, unit, job): unit for unit in units}
-            for future in cf.as_completed(futures):
-                try:
-                    results = future.result()
-                except cf.process.BrokenProcessPool as exc:
-                    results = lost(futures[future], exc)
-                yield from results
+            pending = set(futures)
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
+                while steps is not None:  # the workers' steps since the last look
+                    try:
+                        pid, step, length, running = steps.get_nowait()
+                    except queue.Empty:
+                        break
+                    progress(step, length, running, pid)
+                for future in done:
+                    try:
+                        results = future.result()
+                    except cf.process.BrokenProcessPool as exc:
+                        results = lost(futures[future], exc)
+                    yield from results
         finally:
             _stop(pool)
 
@@ -103,10 +127,12 @@ def _gpu_ids(device: str) -> list[str]:
     return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _start_worker(slots: Any, threads: int) -> None:
+def _start_worker(slots: Any, threads: int, steps: Any) -> None:
     """Runs first in each worker, before torch is imported there."""
     import signal
 
+    global _steps_queue
+    _steps_queue = steps
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
     gpu = slots.get()

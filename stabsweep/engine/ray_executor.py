@@ -31,7 +31,8 @@ class RayExecutor:
     def __init__(self, config: RayConfig) -> None:
         self.config = config
 
-    def run(self, specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
+    def run(self, specs: list[TrialSpec], job: TrialJob, progress: object = None) -> Iterator[TrialResult]:
+        """Ray tasks report when they finish; their steps are not followed (``progress`` is unused)."""
         import dataclasses
 
         if not specs:

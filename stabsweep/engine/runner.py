@@ -18,6 +18,8 @@ from stabsweep.training.clipping import clip_kind
 if TYPE_CHECKING:
     import torch
 
+    from stabsweep.training.common import Progress
+
 # What vmap raises for a model it cannot batch (torch/_functorch): data-dependent Python
 # control flow or .item() ("vmap: It looks like you're ..."), ops with no batching rule and no
 # fallback ("Batching rule not implemented for aten::lstm"), dynamic output shapes, in-place
@@ -39,8 +41,9 @@ def vmap_cannot(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and bool(_VMAP_CANNOT.search(str(exc)))
 
 
-def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
-    """Run ``specs``: first the checkpoints that continue some of them, then the rest in batches."""
+def run_trials(specs: list[TrialSpec], job: TrialJob, progress: Progress | None = None) -> Iterator[TrialResult]:
+    """Run ``specs``: first the checkpoints that continue some of them, then the rest in batches.
+    ``progress`` hears from the running loop a few times a second (training/common.py)."""
     import torch
 
     from stabsweep.training.checkpoint import claim
@@ -49,22 +52,22 @@ def run_trials(specs: list[TrialSpec], job: TrialJob) -> Iterator[TrialResult]:
     for state, mine in claim(specs, job.checkpoint_dir, job.engine):
         wanted = {spec.trial_id for spec in mine}
         if state["kind"] == "sequential":
-            results = _one_at_a_time(mine, job, device, resume=state)
+            results = _one_at_a_time(mine, job, device, resume=state, progress=progress)
         else:
-            results = _vectorized(state["specs"], job, device, resume=state)
+            results = _vectorized(state["specs"], job, device, resume=state, progress=progress)
         note = f"resumed {len(mine)} trial{'s' * (len(mine) > 1)} from a checkpoint at step {state['step']}"
         for result in results:
             if result.spec.trial_id in wanted:
                 yield dataclasses.replace(result, notes=(*result.notes, note))
         specs = [spec for spec in specs if spec.trial_id not in wanted]
     if job.engine == "sequential":
-        yield from _one_at_a_time(specs, job, device)
+        yield from _one_at_a_time(specs, job, device, progress=progress)
         return
     for batch in plan_batches(specs, job.max_batch):
         if len(batch) == 1 and job.engine == "auto":  # a batch of one only adds vmap's overhead
-            yield from _one_at_a_time(batch, job, device)
+            yield from _one_at_a_time(batch, job, device, progress=progress)
         else:
-            yield from _vectorized(batch, job, device)
+            yield from _vectorized(batch, job, device, progress=progress)
 
 
 def _one_at_a_time(
@@ -73,17 +76,22 @@ def _one_at_a_time(
     device: torch.device,
     fallback: str | None = None,
     resume: dict | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[TrialResult]:
     from stabsweep.training.sequential import train_trial
 
     checkpoints = (job.checkpoint_dir, job.checkpoint_every)
     for spec in specs:
-        result = train_trial(spec, job.factory, job.optimizer, job.detect, device, checkpoints, resume)
+        result = train_trial(spec, job.factory, job.optimizer, job.detect, device, checkpoints, resume, progress)
         yield dataclasses.replace(result, fallback=fallback) if fallback else result
 
 
 def _vectorized(
-    batch: list[TrialSpec], job: TrialJob, device: torch.device, resume: dict | None = None
+    batch: list[TrialSpec],
+    job: TrialJob,
+    device: torch.device,
+    resume: dict | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[TrialResult]:
     """Run ``batch`` as one computation. What vmap cannot batch runs the rest one at a time;
     any other error fails the unfinished trials with that error, as it would alone."""
@@ -97,7 +105,7 @@ def _vectorized(
     try:
         checkpointer = Checkpointer(job.checkpoint_dir, job.checkpoint_every, batch)
         trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device, checkpointer)
-        for result in trials.run(resume):
+        for result in trials.run(resume, progress):
             finished.add(result.spec.trial_id)
             yield result
         return
@@ -112,4 +120,5 @@ def _vectorized(
             return
         first_sentence = str(exc).split(". ")[0].splitlines()[0]
         reason = f"vmap raised {type(exc).__name__}: {first_sentence}"
-    yield from _one_at_a_time([s for s in batch if s.trial_id not in finished], job, device, fallback=reason)
+    unfinished = [s for s in batch if s.trial_id not in finished]
+    yield from _one_at_a_time(unfinished, job, device, fallback=reason, progress=progress)

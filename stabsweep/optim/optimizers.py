@@ -48,13 +48,17 @@ def optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**OPTIMIZERS[name].defaults, **kwargs}
 
 
-def check_optimizer(name: str, kwargs: dict[str, Any]) -> None:
-    """Raise ValueError (a config error at the optimizer's key path) for a bad name or kwarg."""
+def check_optimizer(name: str, kwargs: dict[str, Any], build: bool = True) -> None:
+    """Raise ValueError (a config error at the optimizer's key path) for a bad name or kwarg.
+    ``build=False`` checks the name only (a config a run saved, judged when it ran): the
+    arguments are checked against the torch class, whose import takes seconds."""
     if name not in OPTIMIZERS:
         raise ValueError(
             f"unknown optimizer '{name}'{did_you_mean(name, tuple(OPTIMIZERS))}; "
             f"expected one of {', '.join(OPTIMIZERS)}"
         )
+    if not build:
+        return
     cls = optimizer_class(name)
     signature = inspect.signature(cls).parameters
     accepted = [p for p in signature if p not in _RESERVED]

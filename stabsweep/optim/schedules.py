@@ -172,7 +172,7 @@ def _arguments(name: str) -> Any:
     return create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
+def check_schedule(name: str, kwargs: dict[str, Any], build: bool = True) -> None:
     """Raise ValueError (a config error at the schedule's key path) for a bad name or argument;
     a bad argument is a :class:`ConfigKeyError` naming it."""
     if name not in SCHEDULES:
@@ -192,6 +192,8 @@ def check_schedule(name: str, kwargs: dict[str, Any]) -> None:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigKeyError(str(first["loc"][0]), f"{message} (got {short_repr(first['input'])})") from None
+    if not build:
+        return
     try:
         lr_table(name, kwargs, base_lr=1.0, steps=4)
     except (ValueError, TypeError, ZeroDivisionError) as exc:

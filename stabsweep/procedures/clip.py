@@ -22,7 +22,7 @@ from stabsweep.config.schema import ClipConfig, Config
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
 from stabsweep.procedures.lr import seeds_of
-from stabsweep.records import TrialSpec, TrialStatus
+from stabsweep.records import TrialSpec
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
 from stabsweep.results.runs import LrRun
@@ -211,20 +211,18 @@ def _plot(ctx: Context, folder: Any, source: NormSource, report: NormReport) -> 
 
 
 def _plot_sweep(ctx: Context, folder: Any, trials: Any, steps: Any) -> None:
-    labelled = trials.assign(clip=trials["clip_threshold"].fillna(float("inf")))
     first_seed = trials[trials["seed"] == trials["seed"].min()]
-    ok = list(first_seed[first_seed["status"] == TrialStatus.OK]["trial_id"][:3])
+    labelled = first_seed.assign(clip=first_seed["clip_threshold"].fillna(float("inf")))
     ctx.plot(
         plots.step_curves,
-        steps,
+        steps[steps["trial_id"].isin(first_seed["trial_id"])],
         labelled,
         "train_loss",
         folder / "plots" / "clip_curves.png",
         label="clip",
-        best_id=int(first_seed["trial_id"].min()),
-        above_ids=ok,
         smooth=20,
-        title=ctx.title(COMMAND, "training loss per clipping threshold (green: unclipped)"),
+        baseline="unclipped",
+        title=ctx.title(COMMAND, "training loss per clipping threshold"),
     )
 
 

@@ -87,7 +87,7 @@ class Context:
 
     def run_trials(self, specs: list[TrialSpec], job: TrialJob, store: ResultsStore, label: str) -> list[TrialResult]:
         """Run the specs that ``store`` has no result for, writing each as it finishes."""
-        from stabsweep.report.console import SweepProgress
+        from stabsweep.report.progress import SweepProgress
 
         for spec in specs:  # a resumed plan must be the plan that was interrupted
             saved = store.completed_lrs.get(spec.trial_id)
@@ -105,7 +105,7 @@ class Context:
         )
         results = []
         with SweepProgress(self.console, label, total=len(specs), done=len(specs) - len(todo)) as progress:
-            for result in self.executor.run(todo, job):
+            for result in self.executor.run(todo, job, None if self.options.quiet else progress.on_step):
                 if result.spec.trial_id in store.completed:  # a resumed batch retrains it; written already
                     continue
                 store.write(result)

@@ -14,7 +14,7 @@ from stabsweep.analysis.lr import LrFindings, lr_findings, verdict
 from stabsweep.config.schema import Config
 from stabsweep.procedures.context import Context
 from stabsweep.records import TrialSpec, TrialStatus
-from stabsweep.report import plots
+from stabsweep.report import plots, sweep_plots
 from stabsweep.report.console import print_verdict, trials_table
 
 COMMAND = "lr"
@@ -136,7 +136,9 @@ def next_command(ctx: Context, found: LrFindings) -> str:
     grid = config.lr_sweep.values()
     source = shlex.quote(config.source)
     lowest = found.rates[0] if found.rates else None
-    if found.best_lr is None or (lowest and lowest[TrialStatus.DIVERGED.value]):  # nothing trains, or even the lowest rate blows up:
+    if found.best_lr is None or (
+        lowest and lowest[TrialStatus.DIVERGED.value]
+    ):  # nothing trains, or even the lowest rate blows up:
         return f"stabsweep doctor {source}"  # rule out a bug before sweeping further
     if found.unstable_base_lr is not None:
         return f"stabsweep warmup --from {shlex.quote(root)}"
@@ -183,25 +185,24 @@ def _summary(ctx: Context, found: LrFindings, sweep: Any, early: dict[str, Any] 
 
 def _plot(ctx: Context, folder: Any, sweep: Any, steps: Any, found: LrFindings) -> None:
     out = folder / "plots"
+    line = sweep_plots.series_points(sweep, "lr", found.objective, "lr sweep", "tab:blue", found.unstable_base_lr)
     ctx.plot(
-        plots.hyperparameter_axis,
-        sweep,
-        "lr",
-        found.objective,
+        sweep_plots.rate_axis,
+        [line],
         out / "lr_sweep.png",
         best=found.best_lr,
-        unstable=found.unstable_base_lr,
         title=ctx.title(COMMAND, "learning-rate sweep"),
-        xlabel="learning rate",
+        xlabel="learning rate (log scale)",
+        ylabel=found.objective.replace("_", " "),
     )
     above = []
     if found.best_lr is not None:
         rates = sorted(r for r in sweep["lr"].unique() if r > found.best_lr)[:3]
-        above = list(sweep[sweep["lr"].isin(rates) & (sweep["seed"] == ctx.config.seed)]["trial_id"])
+        above = list(sweep[sweep["lr"].isin(rates)]["trial_id"])
     sweep_steps = steps[steps["trial_id"].isin(sweep["trial_id"])]
     for column, name, smooth, label in (
-        ("train_loss", "loss_curves.png", 20, "training loss"),
-        ("grad_norm", "grad_norms.png", 1, "gradient norm before clipping"),
+        ("train_loss", "loss_curves.png", 20, "training loss, every trial"),
+        ("grad_norm", "grad_norms.png", 1, "gradient norm before clipping, every trial"),
     ):
         ctx.plot(
             plots.step_curves,

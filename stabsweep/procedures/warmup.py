@@ -19,8 +19,8 @@ from stabsweep.config.schema import Config, ScheduleConfig
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
 from stabsweep.procedures.lr import seeds_of
-from stabsweep.records import TrialSpec, TrialStatus
-from stabsweep.report import plots
+from stabsweep.records import TrialSpec
+from stabsweep.report import plots, sweep_plots
 from stabsweep.report.console import print_verdict, trials_table
 from stabsweep.results.runs import LrRun
 
@@ -213,10 +213,16 @@ def _plot(
     out = folder / "plots"
     probes = trials[trials["phase"] == "probe"]
     recommended = {rate: pick.recommended for rate, pick in by_rate.items()}
-    ctx.plot(plots.warmup_axis, probes, out / "warmup_sweep.png", recommended, title=ctx.title(COMMAND, "warmup sweep"))
+    ctx.plot(
+        sweep_plots.warmup_axis, probes, out / "warmup_sweep.png", recommended, title=ctx.title(COMMAND, "warmup sweep")
+    )
     lr_trials = lr_run.trials() if lr_run is not None else None
     ctx.plot(
-        plots.base_rate, trials, lr_trials, out / "base_rate.png", title=ctx.title(COMMAND, "with and without warmup")
+        sweep_plots.base_rate,
+        trials,
+        lr_trials,
+        out / "base_rate.png",
+        title=ctx.title(COMMAND, "with and without warmup"),
     )
     first_seed = probes[probes["seed"] == probes["seed"].min()]
     probe_steps = steps[steps["trial_id"].isin(first_seed["trial_id"])]
@@ -227,8 +233,8 @@ def _plot(
         "train_loss",
         out / "probe_curves.png",
         label="warmup_steps",
-        above_ids=list(first_seed[first_seed["status"] == TrialStatus.OK]["trial_id"][:3]),
         smooth=5,
+        baseline="no warmup",
         title=ctx.title(COMMAND, "warmup probes: training loss"),
     )
 

@@ -10,15 +10,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from stabsweep.records import TrialStatus
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from stabsweep.records import TrialResult
 
 STATUS_STYLE = {
     TrialStatus.OK: "green",
@@ -49,34 +46,6 @@ def make_console(quiet: bool = False) -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = WIDE
     return console
-
-
-class SweepProgress:
-    """A progress bar over trials; the description shows the last trial's outcome."""
-
-    def __init__(self, console: Console, label: str, total: int, done: int = 0) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[last]}"),
-            console=console,
-            transient=True,
-        )
-        self.task = self.progress.add_task(label, total=total, completed=done, last="resuming" if done else "")
-
-    def __enter__(self) -> SweepProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def advance(self, result: TrialResult) -> None:
-        style = STATUS_STYLE[result.status]
-        last = f"lr={result.spec.lr:.3g} [{style}]{result.status.value}[/]"
-        self.progress.update(self.task, advance=1, last=last)
 
 
 def _fmt(value: Any) -> str:

@@ -28,6 +28,10 @@ from stabsweep.workloads.base import Workload
 
 CPU_SYNC_EVERY = 1  # a host read of a CPU tensor costs next to nothing: judge every step
 GPU_SYNC_EVERY = 32  # on a GPU, read step metrics in chunks to avoid a stall per step
+PROGRESS_EVERY_S = 0.25  # how often a loop reports its step to a progress display: a clock read per step
+
+# progress(step, length, running): the loop's step, its length and the trials still running
+Progress = Callable[[int, int, int], None]
 
 
 def lr_schedule(spec: TrialSpec) -> np.ndarray:

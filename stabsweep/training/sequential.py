@@ -28,8 +28,10 @@ from stabsweep.training.clipping import build_clipper
 from stabsweep.training.common import (
     CPU_SYNC_EVERY,
     GPU_SYNC_EVERY,
+    PROGRESS_EVERY_S,
     DataStream,
     EvalTerms,
+    Progress,
     eval_record,
     eval_sums,
     evaluating,
@@ -56,6 +58,7 @@ def train_trial(
     device: torch.device,
     checkpoints: tuple[str | None, float] = (None, 0.0),
     resume: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> TrialResult:
     """Run one trial (from ``resume``, a checkpoint's state, when given); an exception inside
     it is a FAILED result with the steps it ran, never a crash of the sweep."""
@@ -63,7 +66,7 @@ def train_trial(
     trial = None
     try:
         trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, Checkpointer(*checkpoints, [spec]))
-        return trial.run(start, resume)
+        return trial.run(start, resume, progress)
     except Exception as exc:  # noqa: BLE001 - a trial that raises is a result, not a crash
         return failed_result(spec, exc, start, device, trial.records() if trial else None)
 
@@ -103,14 +106,14 @@ class _Trial:
         self.evals: list[dict[str, float]] = []
         self.stream = DataStream(workload.train_data, device)
 
-    def run(self, start: float, resume: dict[str, Any] | None) -> TrialResult:
+    def run(self, start: float, resume: dict[str, Any] | None, progress: Progress | None) -> TrialResult:
         grads = FlatGrads(self.params)
         try:
             if resume is None:
                 self.evals.append(self.evaluate(0))
             else:
                 self._restore(resume)
-            diverged_at = self._train(grads)
+            diverged_at = self._train(grads, progress)
         finally:
             grads.close()
         steps_run = diverged_at or self.spec.steps
@@ -128,8 +131,9 @@ class _Trial:
         self.checkpointer.discard()
         return dataclasses.replace(result, notes=self._notes())
 
-    def _train(self, grads: FlatGrads) -> int | None:
+    def _train(self, grads: FlatGrads, progress: Progress | None) -> int | None:
         """Train to the last step; the step the trial diverged at, or None."""
+        next_report = 0.0
         steps, device, divergence_factor = self.spec.steps, self.device, self.detect.divergence_factor
         group = self.optimizer.param_groups[0]
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
@@ -174,6 +178,9 @@ class _Trial:
                 self.evals.append(self.evaluate(done))
             if self.synced == done and self.checkpointer.due():
                 self.checkpointer.save(self._state())
+            if progress is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + PROGRESS_EVERY_S
+                progress(done, steps, 1)
         return None
 
     def evaluate(self, step: int) -> dict[str, float]:

@@ -52,8 +52,10 @@ from stabsweep.training.clipping import build_clipper
 from stabsweep.training.common import (
     CPU_SYNC_EVERY,
     GPU_SYNC_EVERY,
+    PROGRESS_EVERY_S,
     DataStream,
     EvalTerms,
+    Progress,
     eval_record,
     eval_sums,
     evaluating,
@@ -253,7 +255,7 @@ class TrialBatch:
     def _eval(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> Any:
         return functional_call(self.bound, {**params, **shared}, (self.eval_terms, batch))
 
-    def run(self, resume: dict[str, Any] | None = None) -> Iterator[TrialResult]:
+    def run(self, resume: dict[str, Any] | None = None, progress: Progress | None = None) -> Iterator[TrialResult]:
         """Train the batch (from ``resume``, a checkpoint's state, when given); yield each
         trial's result at the step it diverges or ends."""
         self.start = time.perf_counter()
@@ -268,6 +270,7 @@ class TrialBatch:
         self.finished: list[TrialResult] = []  # results handed out so far, kept for a checkpoint
         self.synced = 0  # steps whose losses are on the host and judged
         self.stream = DataStream(self.workload.train_data, self.device)
+        self.progress, self.next_report = progress, 0.0
         if resume is None:
             with quiet_looped_ops(), noting_looped_ops(self.looped_ops):
                 self._record_evals(0, self.active)
@@ -327,6 +330,9 @@ class TrialBatch:
                 break
             if self.synced == done and self.checkpointer.due():
                 self.checkpointer.save(self._state(finished))
+            if self.progress is not None and time.monotonic() >= self.next_report:
+                self.next_report = time.monotonic() + PROGRESS_EVERY_S
+                self.progress(done, self.max_steps, self.active.size)
         return finished
 
     def _judge_chunk(self, done: int) -> list[TrialResult]:
