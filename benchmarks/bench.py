@@ -5,6 +5,7 @@
               (one at a time it is about 16; the sequential engine's figure is printed beside it)
 (c) ray:      the same 16-trial sweep on the ray executor / on the local one   (no target: Ray's cost)
 (ckpt) checkpoints: the sweep with checkpoints at the default interval / without   target ≤ 1.02
+(progress) the sweep with its live progress display (on a terminal) / quiet        target ≤ 1.01
               ((ckpt 1 s) prints the cost of saving every second, beside it)
 
 Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
@@ -23,6 +24,7 @@ Ratios, seconds, device and machine go to ``runs/bench/bench.csv``.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import statistics
@@ -202,11 +204,14 @@ def main() -> int:
     console = Console(stderr=True)
     scratch = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
 
-    def context(**execution: str) -> Context:
+    def context(live: bool = False, **execution: str) -> Context:
         overrides = {**SWEEP, "device": args.device, **{f"execution.{k}": v for k, v in execution.items()}}
         if args.steps:
             overrides["train.steps"] = args.steps
         config = load_config(QUICKSTART, overrides)
+        if live:  # the live display a terminal shows, drawn into memory
+            options = RunOptions(out=scratch, force=True, quiet=False)
+            return Context(config, options, Console(file=io.StringIO(), force_terminal=True, width=120))
         options = RunOptions(out=scratch, force=True, quiet=True)
         return Context(config, options, make_console(quiet=True))
 
@@ -240,7 +245,7 @@ def main() -> int:
     console.print(f"the 16-rate sweep ran {sum(steps_run):,} trial-steps ({len(steps_run)} trials)")
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
     gemm_flops = sum(2 * a[0] * a[1] * b[1] for a, b in sweep_products(job)) * sum(running)
-    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s, unsaved_s, saving_s = timed_rounds(
+    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s, unsaved_s, saving_s, live_s = timed_rounds(
         args.runs,
         lambda: bare_loop(job, steps, eval_every),
         trial,
@@ -250,6 +255,7 @@ def main() -> int:
         sweep(context(engine="sequential")),
         sweep(context(checkpoint_every=0)),
         sweep(context(checkpoint_every=1)),
+        sweep(context(live=True)),
     )
     peak = peak_gflops(torch.device(job.device))
     gemm_gflops = gemm_flops / statistics.median(gemm_s) / 1e9
@@ -265,6 +271,7 @@ def main() -> int:
         ratio_row("b'", "16-rate sweep, sequential engine / one trial", sequential_s, trial_s),
         ratio_row("ckpt", "sweep, checkpoints every 300 s (default) / none", sweep_s, unsaved_s, target=1.02),
         ratio_row("ckpt 1 s", "sweep, a checkpoint every second / none", saving_s, unsaved_s),
+        ratio_row("progress", "sweep with live progress on a terminal / quiet", live_s, sweep_s, target=1.01),
     ]
     if not args.no_ray:
         ray_ctx = context(executor="ray")

@@ -256,3 +256,19 @@ def test_only_an_early_instability_counts_in_the_early_check():
         out = early_summary(trials, spec, found)
         assert out["early_instability"] is counts, status
         assert ("lr* 0.1 itself is at risk" in out["verdict"]) is counts
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_sweep_write_identical_files(smoke_config, tmp_path):
+    """Same machine, same command: the same bytes (trials.csv but for its wall-clock column)."""
+    for name in ("first", "second"):
+        assert invoke("lr", smoke_config, "--out", tmp_path / name, "-q").exit_code == 0
+    first, second = tmp_path / "first" / "lr", tmp_path / "second" / "lr"
+    for name in ("steps.csv", "evals.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    trials = [pd.read_csv(folder / "trials.csv").drop(columns="wall_seconds") for folder in (first, second)]
+    assert trials[0].to_csv(index=False) == trials[1].to_csv(index=False)
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (first, second)]
+    for summary in summaries:
+        summary.pop("next_command")  # names the folder
+    assert summaries[0] == summaries[1]

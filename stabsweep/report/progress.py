@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
 from stabsweep.records import TrialStatus
 from stabsweep.report.console import STATUS_STYLE
@@ -63,7 +63,6 @@ class SweepProgress:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
                 TextColumn("{task.fields[state]}"),
                 console=console,
                 transient=True,
