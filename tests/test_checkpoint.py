@@ -87,6 +87,22 @@ def test_a_batch_killed_after_a_save_resumes_to_the_same_results(engine, kill_at
     assert_same_results(before + resumed, reference)
 
 
+def test_a_batch_of_several_seeds_with_dropout_resumes_to_the_same_results(tmp_path, monkeypatch):
+    """Each seed's data stream and random state come back from the checkpoint too."""
+    seeded = [dataclasses.replace(spec, seed=spec.trial_id % 2) for spec in specs()]
+    reference = list(run_trials(seeded, dataclasses.replace(job(tmp_path, "vectorized"), checkpoint_dir=None)))
+    real_save, calls = checkpoint.Checkpointer.save, []
+    monkeypatch.setattr(checkpoint.Checkpointer, "due", lambda self: calls.append(1) or len(calls) == 37)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", lambda self, state: (real_save(self, state), _raise()))
+    before = []
+    with pytest.raises(Killed):
+        before.extend(run_trials(seeded, job(tmp_path, "vectorized")))
+    monkeypatch.undo()
+    written = {r.spec.trial_id for r in before}
+    resumed = list(run_trials([s for s in seeded if s.trial_id not in written], job(tmp_path, "vectorized")))
+    assert_same_results(before + resumed, reference)
+
+
 def test_a_changed_trial_does_not_resume_from_its_checkpoint(tmp_path, monkeypatch):
     real_save = checkpoint.Checkpointer.save
     monkeypatch.setattr(checkpoint.Checkpointer, "due", lambda self: True)

@@ -24,7 +24,8 @@ from stabsweep.procedures.context import engine_notes
 from stabsweep.records import TrialJob, TrialSpec, TrialStatus
 from stabsweep.training import vectorized
 from stabsweep.training.sequential import train_trial
-from stabsweep.training.vectorized import TrialBatch, why_not_vectorizable
+from stabsweep.training.vectorized import TrialBatch
+from stabsweep.training.vmap_support import why_not_vectorizable
 from stabsweep.workloads import resolve_factory
 from tests.reference import EvalHead, dropout_workload, eval_head_workload, plain_losses, sometimes_extra
 
@@ -68,7 +69,7 @@ def test_a_batched_trial_matches_the_same_trial_alone(name):
         spec(2, rates[1], clip=ClipConfig(threshold=0.2)),
         spec(3, rates[0] * 3, warmup_steps=10, clip=ClipConfig(threshold=2.0)),
     ]
-    results = {r.spec.trial_id: r for r in TrialBatch(trials, MLP(0), optimizer, DETECT, CPU).run()}
+    results = {r.spec.trial_id: r for r in TrialBatch(trials, MLP, optimizer, DETECT, CPU).run()}
     assert sorted(results) == [0, 1, 2, 3]
     for trial in trials:
         assert_same_trial(results[trial.trial_id], alone(trial, optimizer))
@@ -77,7 +78,7 @@ def test_a_batched_trial_matches_the_same_trial_alone(name):
 
 def test_each_trial_takes_the_step_of_its_own_rate_exactly():
     rates = [1e-5, 1e-4, 0.5, 3.0]
-    batch = TrialBatch([spec(i, lr) for i, lr in enumerate(rates)], MLP(0), OptimizerConfig(name="sgd"), DETECT, CPU)
+    batch = TrialBatch([spec(i, lr) for i, lr in enumerate(rates)], MLP, OptimizerConfig(name="sgd"), DETECT, CPU)
     before = batch.flat.detach().double()
     grad = torch.randn(batch.flat.shape, generator=torch.Generator().manual_seed(0))
     batch.flat_grad.copy_(grad)
@@ -92,7 +93,7 @@ def test_each_trial_takes_the_step_of_its_own_rate_exactly():
 def test_adagrad_lr_decay_is_still_linear_in_the_rate():
     optimizer = OptimizerConfig(name="adagrad", lr_decay=0.05)
     trials = [spec(0, 1e-3), spec(1, 1e-2)]
-    for result in TrialBatch(trials, MLP(0), optimizer, DETECT, CPU).run():
+    for result in TrialBatch(trials, MLP, optimizer, DETECT, CPU).run():
         assert_same_trial(result, alone(result.spec, optimizer))
 
 
@@ -106,7 +107,7 @@ def test_adagrad_lr_decay_is_still_linear_in_the_rate():
 def test_adaptive_clipping_per_trial(clips):
     optimizer = OptimizerConfig(name="momentum")
     trials = [spec(i, 0.1, clip=clip) for i, clip in enumerate(clips)]
-    for result in TrialBatch(trials, MLP(0), optimizer, DETECT, CPU).run():
+    for result in TrialBatch(trials, MLP, optimizer, DETECT, CPU).run():
         assert result.steps.clipped.any()
         assert_same_trial(result, alone(result.spec, optimizer))
 
@@ -114,7 +115,7 @@ def test_adaptive_clipping_per_trial(clips):
 def test_diverged_and_finished_trials_leave_the_batch_at_once():
     optimizer = OptimizerConfig(name="momentum")
     trials = [spec(0, 0.05, steps=40), spec(1, 50.0, steps=40), spec(2, 0.05, steps=25)]
-    batch = TrialBatch(trials, MLP(0), optimizer, DETECT, CPU)
+    batch = TrialBatch(trials, MLP, optimizer, DETECT, CPU)
     results = list(batch.run())
     assert [r.spec.trial_id for r in results] == [1, 2, 0]  # diverged first, then the short one, the long one
     assert results[0].status is TrialStatus.DIVERGED and results[0].steps_run < 10
@@ -131,9 +132,9 @@ def test_chunked_sync_gives_the_records_of_a_batch_judged_every_step(monkeypatch
     training in the batch until the read, but nothing of it past its diverged step survives."""
     optimizer = OptimizerConfig(name="momentum")
     trials = [spec(0, 0.05, steps=70), spec(1, 50.0, steps=70), spec(2, 0.05, steps=45)]  # eval every 10
-    per_step = {r.spec.trial_id: r for r in TrialBatch(trials, MLP(0), optimizer, DETECT, CPU).run()}
+    per_step = {r.spec.trial_id: r for r in TrialBatch(trials, MLP, optimizer, DETECT, CPU).run()}
     monkeypatch.setattr(vectorized, "CPU_SYNC_EVERY", 16)
-    batch = TrialBatch(trials, MLP(0), optimizer, DETECT, CPU)
+    batch = TrialBatch(trials, MLP, optimizer, DETECT, CPU)
     assert batch.sync_every == 16
     chunked = {r.spec.trial_id: r for r in batch.run()}
     assert per_step[1].status is TrialStatus.DIVERGED and per_step[1].diverged_step < 16
@@ -150,12 +151,10 @@ def test_chunked_sync_gives_the_records_of_a_batch_judged_every_step(monkeypatch
 
 
 def test_weights_are_laid_out_as_their_gradients_come_back_so_the_copy_is_straight():
-    batch = TrialBatch(
-        [spec(0, 0.05, steps=3), spec(1, 0.05, steps=6)], MLP(0), OptimizerConfig(name="adam"), DETECT, CPU
-    )
+    batch = TrialBatch([spec(0, 0.05, steps=3), spec(1, 0.05, steps=6)], MLP, OptimizerConfig(name="adam"), DETECT, CPU)
     runs = batch.run()
     next(runs)  # the short trial's result; the long one is still in the batch
-    loss = batch.losses_of(batch.params, batch.shared, next(iter(batch.workload.train_data)))
+    loss = batch.losses_of(batch.params, batch.row_shared, batch.shared, next(iter(batch.workload.train_data)))
     grads = torch.autograd.grad(loss.sum(), list(batch.params.values()))
     assert any(not g.is_contiguous() for g in grads)  # a Linear weight's gradient is transposed under vmap
     for view, grad in zip(batch.grad_views, grads, strict=True):
@@ -175,7 +174,7 @@ def test_results_carry_the_diverged_step_and_all_their_evals():
         )
 
 
-def test_batches_group_by_seed_eval_cadence_and_clip_kind():
+def test_batches_group_by_eval_cadence_and_clip_kind_and_mix_seeds():
     trials = [
         spec(0, 0.1),
         spec(1, 0.2, clip=ClipConfig(threshold=1.0)),  # a fixed threshold shares a batch with no clipping
@@ -183,7 +182,7 @@ def test_batches_group_by_seed_eval_cadence_and_clip_kind():
         TrialSpec(3, 0.1, seed=1, steps=30, eval_every=10, schedule=ScheduleConfig()),
         spec(4, 0.4),
     ]
-    assert [[t.trial_id for t in b] for b in plan_batches(trials, max_batch=64)] == [[0, 1, 4], [2], [3]]
+    assert [[t.trial_id for t in b] for b in plan_batches(trials, max_batch=64)] == [[0, 1, 3, 4], [2]]
     assert [len(b) for b in plan_batches([spec(i, 0.1) for i in range(5)], max_batch=2)] == [2, 2, 1]
 
 
@@ -339,7 +338,7 @@ def test_dropout_masks_follow_the_trial_alone(tmp_path):
 
 def test_a_batch_with_dropout_and_evals_is_the_plain_loop_without_evals():
     trials = [spec(0, 1e-3), spec(1, 3e-3)]  # evals at steps 0, 10, 20, 30
-    for result in TrialBatch(trials, dropout_workload(0), OptimizerConfig(name="adam"), DETECT, CPU).run():
+    for result in TrialBatch(trials, dropout_workload, OptimizerConfig(name="adam"), DETECT, CPU).run():
         reference = plain_losses(dropout_workload(0), result.spec.lr, 20)
         np.testing.assert_allclose(result.steps.train_loss[:20], reference, rtol=1e-5)
 
@@ -348,7 +347,7 @@ def test_a_parameter_training_never_reaches_is_left_alone_as_in_a_plain_loop():
     # AdamW's decoupled decay would shrink the eval head if it were stepped with a zero
     # gradient; a plain loop skips it, so the evals, which use it, tell the two apart.
     optimizer = OptimizerConfig(name="adamw", weight_decay=0.5)
-    batch = TrialBatch([spec(0, 1e-2), spec(1, 3e-2)], eval_head_workload(0), optimizer, DETECT, CPU)
+    batch = TrialBatch([spec(0, 1e-2), spec(1, 3e-2)], eval_head_workload, optimizer, DETECT, CPU)
     for result in batch.run():
         single = alone(result.spec, optimizer, eval_head_workload)
         assert_same_trial(result, single)
@@ -384,7 +383,7 @@ def test_cuda_batch_matches_cpu_alone_and_syncs_in_chunks():
     optimizer = OptimizerConfig(name="adam")
     trials = [spec(0, 1e-3, steps=80), spec(1, 3e-3, steps=80, clip=ClipConfig(threshold=1.0)), spec(2, 50.0, steps=80)]
     cuda = torch.device("cuda")
-    for result in TrialBatch(trials, MLP(0), optimizer, DETECT, cuda).run():
+    for result in TrialBatch(trials, MLP, optimizer, DETECT, cuda).run():
         on_cpu = alone(result.spec, optimizer)
         assert result.status == on_cpu.status and result.steps_run == on_cpu.steps_run
         n = min(20, on_cpu.steps_run)

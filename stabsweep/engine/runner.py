@@ -28,11 +28,12 @@ _VMAP_CANNOT = re.compile(r"\bvmap\b|[Bb]atching rule|batched tensor|BatchedTens
 
 
 def plan_batches(specs: list[TrialSpec], max_batch: int) -> list[list[TrialSpec]]:
-    """Trials that can share one computation: same seed (weights and data order), same eval
-    cadence, same kind of clipping rule; at most ``max_batch`` of them, in plan order."""
+    """Trials that can share one computation: same eval cadence, same kind of clipping rule,
+    any seeds (each seed brings its own weights and data: training/seeds.py); at most
+    ``max_batch`` of them, in plan order."""
     groups: dict[tuple, list[TrialSpec]] = {}
     for spec in specs:
-        groups.setdefault((spec.seed, spec.eval_every, clip_kind(spec.clip)), []).append(spec)
+        groups.setdefault((spec.eval_every, clip_kind(spec.clip)), []).append(spec)
     return [group[i : i + max_batch] for group in groups.values() for i in range(0, len(group), max_batch)]
 
 
@@ -97,14 +98,15 @@ def _vectorized(
     any other error fails the unfinished trials with that error, as it would alone."""
     from stabsweep.training.checkpoint import Checkpointer
     from stabsweep.training.common import failed_result
-    from stabsweep.training.vectorized import NotVectorizable, TrialBatch
+    from stabsweep.training.vectorized import TrialBatch
+    from stabsweep.training.vmap_support import NotVectorizable
 
     finished: set[int] = set()
     start = time.perf_counter()
     trials = None
     try:
         checkpointer = Checkpointer(job.checkpoint_dir, job.checkpoint_every, batch)
-        trials = TrialBatch(batch, job.factory(batch[0].seed), job.optimizer, job.detect, device, checkpointer)
+        trials = TrialBatch(batch, job.factory, job.optimizer, job.detect, device, checkpointer)
         for result in trials.run(resume, progress):
             finished.add(result.spec.trial_id)
             yield result
@@ -113,9 +115,9 @@ def _vectorized(
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - sorted below: a vmap limit, or a failure of the trials
         if not vmap_cannot(exc):
-            for i, spec in enumerate(batch):
+            for spec in batch:
                 if spec.trial_id not in finished:
-                    records = trials.records(i) if trials is not None else None
+                    records = trials.records(spec) if trials is not None else None
                     yield dataclasses.replace(failed_result(spec, exc, start, device, records), engine="vectorized")
             return
         first_sentence = str(exc).split(". ")[0].splitlines()[0]

@@ -65,7 +65,7 @@ class Context:
         except UserError as exc:  # name the config file, as every other config error does
             raise UserError(f"{self.config.source}: {exc.message}") from None
         if execution.engine == "vectorized":
-            from stabsweep.training.vectorized import why_not_vectorizable
+            from stabsweep.training.vmap_support import why_not_vectorizable
 
             reason = why_not_vectorizable(workload.model)
             if reason:

@@ -195,8 +195,9 @@ class DataStream:
     stream again from a fresh workload (:meth:`restore`).
     """
 
-    def __init__(self, data: Any, device: torch.device) -> None:
+    def __init__(self, data: Any, device: torch.device, rng: dict[str, Any] | None = None) -> None:
         self.data, self.device = data, device
+        self.rng = rng  # a random state of its own to start epochs under (a seed's, in a batch of several)
         self.epoch, self.position = -1, 0
         self.epoch_rng: list[dict[str, Any]] = []  # the random state as each epoch started
         self.iterator: Iterator[Any] | None = None
@@ -206,7 +207,9 @@ class DataStream:
 
     def __next__(self) -> Any:
         while True:
-            if self.iterator is None:
+            starting = self.iterator is None
+            if starting:  # a DataLoader draws from the random state when an epoch starts and at its first batch
+                outside = self._own_state()
                 self.epoch, self.position = self.epoch + 1, 0
                 self.epoch_rng.append(rng_state(self.device))
                 self.iterator = iter(self.data)
@@ -217,8 +220,24 @@ class DataStream:
                     raise ValueError("train_data yielded no batch") from None
                 self.iterator = None
                 continue
+            finally:
+                if starting:
+                    self._outside_state(outside)
             self.position += 1
             return batch
+
+    def _own_state(self) -> dict[str, Any] | None:
+        """Put the stream's own random state in force (when it has one); the state it replaced."""
+        if self.rng is None:
+            return None
+        outside = rng_state(self.device)
+        set_rng_state(self.rng, self.device)
+        return outside
+
+    def _outside_state(self, outside: dict[str, Any] | None) -> None:
+        if outside is not None:
+            self.rng.update(rng_state(self.device))
+            set_rng_state(outside, self.device)
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "epoch_rng": self.epoch_rng}

@@ -1,10 +1,10 @@
 """A batch of trials as one computation: stacked parameters, forward and backward under ``vmap``.
 
-Trials of one batch share the architecture, the initial weights and the data order (one
-seed) and differ in learning rate, schedule, warmup, clipping threshold and length. Their
-parameters are stacked along a leading trial axis (``torch.func.stack_module_state``), laid
-out as one row of weights per trial, and one ``vmap`` call gives every trial's loss from one
-batch of data; one backward pass gives every trial's gradients.
+Trials of one batch share the architecture and differ in learning rate, schedule, warmup,
+clipping threshold, length and seed. Their parameters are stacked along a leading trial axis
+(``torch.func.stack_module_state``), laid out as one row of weights per trial, and ``vmap``
+gives every trial's loss, each on its seed's batch of data (how seeds share a batch:
+``training/seeds.py``); one backward pass gives every trial's gradients.
 
 The optimizer is torch.optim's own, not a re-implementation. One optimizer holds the rows of
 weights with ``lr = 1``; after its step, each trial's weights are moved to
@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from stabsweep.analysis.rules import divergence_steps
@@ -53,104 +50,46 @@ from stabsweep.training.common import (
     CPU_SYNC_EVERY,
     GPU_SYNC_EVERY,
     PROGRESS_EVERY_S,
-    DataStream,
     EvalTerms,
     Progress,
     eval_record,
     eval_sums,
     evaluating,
     lr_schedule,
-    place_data,
     rng_state,
     set_rng_state,
     step_log,
-    to_device,
     training_loss,
     trial_result,
 )
+from stabsweep.training.seeds import SeedGroups
+from stabsweep.training.vmap_support import NotVectorizable, noting_looped_ops, quiet_looped_ops, why_not_vectorizable
 from stabsweep.workloads.base import Workload
 
 
-class NotVectorizable(Exception):
-    """The model cannot run under vmap; the message says why, in one line."""
-
-
-# vmap's warning for an op it has no batching rule for and runs trial by trial instead.
-_LOOPED_OP_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
-_LOOPED_OP = re.compile(re.escape(_LOOPED_OP_WARNING) + r" for (\S+?)\. ")
-
-
-@contextmanager
-def quiet_looped_ops() -> Iterator[None]:
-    """Silence vmap's warning for ops it loops over (already noted at the first step), for
-    the calls inside only: the filter is removed on the way out."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_LOOPED_OP_WARNING, category=UserWarning)
-        yield
-
-
-@contextmanager
-def noting_looped_ops(looped: set[str]) -> Iterator[None]:
-    """Collect the ops vmap loops over into ``looped`` instead of letting torch print its raw
-    warning (a file path and a request to file an issue, once per op and call site); the
-    engine says it in one line. Any other warning is passed on as it was raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        found = _LOOPED_OP.match(str(warning.message))
-        if found:
-            looped.add(found.group(1))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-
-
-def why_not_vectorizable(model: nn.Module) -> str | None:
-    """A reason known before running: layers whose training step mutates shared state, or
-    trainable weights of several dtypes, which one row of weights per trial cannot hold."""
-    dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
-    if len(dtypes) > 1:
-        return f"its trainable parameters mix dtypes ({', '.join(sorted(dtypes))})"
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            return (
-                f"{type(module).__name__} at '{name or 'model'}' updates running statistics in training mode, "
-                "which vmap cannot batch"
-            )
-    return None
-
-
-class _Bound(nn.Module):
-    """Runs any function of the model (the training loss, eval terms) under ``functional_call``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, fn: Callable[[nn.Module, Any], Any], batch: Any) -> Any:
-        return fn(self.model, batch)
-
-
 class TrialBatch:
-    """Trials of one seed, trained together; ``run()`` yields each result as it is decided."""
+    """Trials trained together, of one seed or several; ``run()`` yields each result as it is decided."""
 
     def __init__(
         self,
         specs: list[TrialSpec],
-        workload: Workload,
+        factory: Callable[[int], Workload],
         optimizer: Any,
         detect: Any,
         device: torch.device,
         checkpointer: Checkpointer | None = None,
     ) -> None:
-        reason = why_not_vectorizable(workload.model)
+        specs = sorted(specs, key=lambda spec: spec.seed)  # each seed's rows contiguous (training/seeds.py)
+        self.specs, self.detect, self.device = specs, detect, device
+        self.checkpointer = checkpointer or Checkpointer(None, 0, specs)
+        self.seeds = SeedGroups([spec.seed for spec in specs], factory, device)
+        template = self.seeds.template
+        reason = why_not_vectorizable(template.workload.model)
         if reason:
             raise NotVectorizable(reason)
-        self.specs, self.workload, self.detect, self.device = specs, workload, detect, device
-        self.checkpointer = checkpointer or Checkpointer(None, 0, specs)
-        self.bound = _Bound(workload.model.to(device))
+        self.workload, self.bound = template.workload, template.bound
         count = len(specs)
-        stacked, _ = stack_module_state([self.bound] * count)
+        stacked, buffers = stack_module_state([self.seeds.groups[g].bound for g in self.seeds.row_group])
         trainable = [name for name, p in self.bound.named_parameters() if p.requires_grad]
         self.shapes = {name: stacked[name].shape[1:] for name in trainable}
         # All trainable weights of a trial in one row: the optimizer, the grad norm, clipping and
@@ -162,21 +101,23 @@ class TrialBatch:
         # The memory order of each parameter's dims within its slice of the row: see _settle.
         self.orders = {name: tuple(range(len(shape))) for name, shape in self.shapes.items()}
         self._split_flat()
-        # Frozen parameters and buffers are the same for every trial: passed once, unbatched.
-        self.shared = {name: p.detach() for name, p in self.bound.named_parameters() if name not in self.shapes}
-        self.shared.update(dict(self.bound.named_buffers()))
+        # Frozen parameters and buffers: passed once, unbatched, when every seed has the same
+        # (always with one seed); per row otherwise (a frozen embedding drawn from the seed).
+        fixed = {**{n: t for n, t in stacked.items() if n not in self.shapes}, **buffers}
+        same = {name: bool((value == value[:1]).all()) for name, value in fixed.items()}
+        self.shared = {name: value[0].detach() for name, value in fixed.items() if same[name]}
+        self.row_shared = {name: value.detach() for name, value in fixed.items() if not same[name]}
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
         self.lr_tables = [lr_schedule(s) for s in specs]
         self.max_steps = max(s.steps for s in specs)
         padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in self.lr_tables])
         self.lr_rows = torch.as_tensor(padded, dtype=torch.float32, device=device)  # [active trial, step]
-        self.eval_terms = EvalTerms(workload)
-        # Dropout masks are shared across trials, as the data order is.
-        self.losses_of = vmap(self._loss, in_dims=(0, None, None), randomness="same")
-        self.eval_batch = vmap(self._eval, in_dims=(0, None, None), randomness="same")
-        self.data_on_device = place_data(workload.train_data, device)
-        self.eval_on_device = place_data(workload.eval_data, device)
+        self.eval_terms = EvalTerms(self.workload)
+        # Dropout masks are shared by the trials of one seed, as its data order is.
+        self.losses_of = vmap(self._loss, in_dims=(0, 0, None, None), randomness="same")
+        self.losses_stacked = vmap(self._loss, in_dims=(0, 0, None, 0), randomness="same")  # a batch per row
+        self.eval_batch = vmap(self._eval, in_dims=(0, 0, None, None), randomness="same")
         self.sync_every = CPU_SYNC_EVERY if device.type == "cpu" else GPU_SYNC_EVERY
         self.steps_done = 0  # how far the batch got; 0 means no update was applied yet
         # Ops vmap loops over, noted at the first eval and the first step (where every op a
@@ -249,11 +190,40 @@ class TrialBatch:
             )
         return list(grads[:rows])
 
-    def _loss(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        return functional_call(self.bound, {**params, **shared}, (partial(training_loss, self.workload), batch))
+    def _loss(self, params: dict, row_shared: dict, shared: dict, batch: Any) -> torch.Tensor:
+        weights = {**params, **row_shared, **shared}
+        return functional_call(self.bound, weights, (partial(training_loss, self.workload), batch))
 
-    def _eval(self, params: dict[str, torch.Tensor], shared: dict[str, torch.Tensor], batch: Any) -> Any:
-        return functional_call(self.bound, {**params, **shared}, (self.eval_terms, batch))
+    def _eval(self, params: dict, row_shared: dict, shared: dict, batch: Any) -> Any:
+        return functional_call(self.bound, {**params, **row_shared, **shared}, (self.eval_terms, batch))
+
+    def _rows(self, start: int, end: int) -> tuple[dict, dict]:
+        """The weights of rows ``start:end`` (views: the gradient reaches the rows through them)."""
+        if start == 0 and end == len(self.active):
+            return self.params, self.row_shared
+        return (
+            {name: p[start:end] for name, p in self.params.items()},
+            {name: t[start:end] for name, t in self.row_shared.items()},
+        )
+
+    def _losses(self) -> torch.Tensor:
+        """This step's loss of every active trial, each on its own seed's batch."""
+        seeds, ranges = self.seeds, self.seeds.ranges()
+        batches = [seeds.next_batch(group) for group, _, _ in ranges]
+        if len(ranges) == 1 and ranges[0][0].rng is None:  # one seed, the global random state its own
+            return self.losses_of(self.params, self.row_shared, self.shared, batches[0])
+        if seeds.random is False:  # no random numbers in the forward: one call, a batch per row
+            stacked = seeds.stacked(batches, ranges)
+            if stacked is not None:
+                return self.losses_stacked(self.params, self.row_shared, self.shared, stacked)
+        losses = []
+        for (group, start, end), batch in zip(ranges, batches, strict=True):
+            with seeds.torch_rng(group):
+                before = torch.get_rng_state() if seeds.random is None else None
+                losses.append(self.losses_of(*self._rows(start, end), self.shared, batch))
+                if before is not None:  # the first step tells whether the model draws random numbers
+                    seeds.random = not torch.equal(before, torch.get_rng_state())
+        return torch.cat(losses)
 
     def run(self, resume: dict[str, Any] | None = None, progress: Progress | None = None) -> Iterator[TrialResult]:
         """Train the batch (from ``resume``, a checkpoint's state, when given); yield each
@@ -269,7 +239,6 @@ class TrialBatch:
         self.evals: list[list[dict[str, float]]] = [[] for _ in self.specs]
         self.finished: list[TrialResult] = []  # results handed out so far, kept for a checkpoint
         self.synced = 0  # steps whose losses are on the host and judged
-        self.stream = DataStream(self.workload.train_data, self.device)
         self.progress, self.next_report = progress, 0.0
         if resume is None:
             with quiet_looped_ops(), noting_looped_ops(self.looped_ops):
@@ -295,11 +264,8 @@ class TrialBatch:
         finished: list[TrialResult] = []
         while not finished:
             step = self.steps_done
-            batch = next(self.stream)
-            if not self.data_on_device:
-                batch = to_device(batch, self.device)
             with noting_looped_ops(self.looped_ops) if step == 0 else nullcontext():
-                loss = self.losses_of(self.params, self.shared, batch)  # [active trial]
+                loss = self._losses()  # [active trial]
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
@@ -370,26 +336,37 @@ class TrialBatch:
         self.flat.data = self.flat.data[index]  # the same tensor object: the optimizer's key for its state
         self._split_flat()
         self.lr_rows = self.lr_rows[index]
+        self.row_shared = {name: value[index] for name, value in self.row_shared.items()}
+        self.seeds.keep(mask)
         if self.clipper is not None:
             self.clipper.keep(index)
         self.active, self.rows = self.active[mask], self.rows[index]
 
     def _record_evals(self, step: int, active: np.ndarray, due: np.ndarray | None = None) -> None:
-        """Evaluate every active trial (one vmapped pass) and record the result for rows ``due``."""
-        recorded = np.arange(len(active)) if due is None else np.flatnonzero(due)
-        data = self.workload.eval_data
-        if data is None:
-            for row in recorded:
-                self.evals[active[row]].append({"step": step, "eval_loss": math.nan})
-            return
-        with evaluating(self.bound, self.device):
-            sums, count = eval_sums(
-                lambda batch: self.eval_batch(self.params, self.shared, batch), data, self.device, self.eval_on_device
-            )
-        rows = {name: value.tolist() for name, value in sums.items()}
-        for row in recorded:
-            record = eval_record(step, {name: values[row] for name, values in rows.items()}, count)
-            self.evals[active[row]].append(record)
+        """Evaluate every active trial (one vmapped pass per seed, on its own eval data) and
+        record the result for rows ``due``."""
+        recorded = set(range(len(active))) if due is None else set(np.flatnonzero(due).tolist())
+        for group, start, end in self.seeds.ranges():
+            data = group.workload.eval_data
+            rows = [row for row in range(start, end) if row in recorded]
+            if not rows:
+                continue
+            if data is None:
+                for row in rows:
+                    self.evals[active[row]].append({"step": step, "eval_loss": math.nan})
+                continue
+            params, row_shared = self._rows(start, end)
+            with evaluating(self.bound, self.device):
+                sums, count = eval_sums(
+                    lambda batch, p=params, r=row_shared: self.eval_batch(p, r, self.shared, batch),
+                    data,
+                    self.device,
+                    group.eval_on_device,
+                )
+            values = {name: value.tolist() for name, value in sums.items()}
+            for row in rows:
+                record = eval_record(step, {name: v[row - start] for name, v in values.items()}, count)
+                self.evals[active[row]].append(record)
 
     def _result(self, trial: int, steps_run: int) -> TrialResult:
         result = trial_result(
@@ -408,9 +385,10 @@ class TrialBatch:
             result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)), notes=tuple(notes)
         )
 
-    def records(self, trial: int) -> tuple[int, Any, list[dict[str, float]]]:
-        """The steps trial ``trial`` ran so far, their records and its evals: what it reports
-        when the batch fails part-way."""
+    def records(self, spec: TrialSpec) -> tuple[int, Any, list[dict[str, float]]]:
+        """The steps a trial ran so far, its records and its evals: what it reports when the
+        batch fails part-way."""
+        trial = self.specs.index(spec)
         steps = min(self.steps_done, self.specs[trial].steps) if hasattr(self, "loss_buf") else 0
         losses = self.loss_buf[trial, :steps].cpu().numpy().astype(float) if steps else np.empty(0)
         norms = self.norm_buf[trial, :steps].cpu().numpy() if steps else np.empty(0)
@@ -440,7 +418,8 @@ class TrialBatch:
             "finished": [*self.finished, *handing_out],
             "eval_terms": self.eval_terms.state_dict(),
             "looped_ops": sorted(self.looped_ops),
-            "data": self.stream.state(),
+            "row_shared": self.row_shared,
+            "seeds": self.seeds.state(),
             "rng": rng_state(self.device),
         }
 
@@ -465,5 +444,6 @@ class TrialBatch:
         self.finished = list(state["finished"])
         self.eval_terms.load_state_dict(state["eval_terms"])
         self.looped_ops.update(state["looped_ops"])
-        self.stream.restore(state["data"])
+        self.row_shared = {name: value.to(device) for name, value in state["row_shared"].items()}
+        self.seeds.restore(state["seeds"])
         set_rng_state(state["rng"], device)

@@ -1,0 +1,78 @@
+"""What vmap can and cannot batch, and how the vectorized engine tells the user.
+
+A model that cannot run under ``vmap`` is recognised before training where possible
+(:func:`why_not_vectorizable`) and otherwise when vmap refuses it (:class:`NotVectorizable`,
+and vmap's own errors, sorted in ``engine/runner.py``). An op vmap has no batching rule for
+but can loop over stays in the batch: torch warns once per op and call site, in a raw form;
+the engine notes the ops instead and says so in one line.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+
+class NotVectorizable(Exception):
+    """The model cannot run under vmap; the message says why, in one line."""
+
+
+# vmap's warning for an op it has no batching rule for and runs trial by trial instead.
+_LOOPED_OP_WARNING = "There is a performance drop because we have not yet implemented the batching rule"
+_LOOPED_OP = re.compile(re.escape(_LOOPED_OP_WARNING) + r" for (\S+?)\. ")
+
+
+@contextmanager
+def quiet_looped_ops() -> Iterator[None]:
+    """Silence vmap's warning for ops it loops over (already noted at the first step), for
+    the calls inside only: the filter is removed on the way out."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LOOPED_OP_WARNING, category=UserWarning)
+        yield
+
+
+@contextmanager
+def noting_looped_ops(looped: set[str]) -> Iterator[None]:
+    """Collect the ops vmap loops over into ``looped`` instead of letting torch print its raw
+    warning (a file path and a request to file an issue, once per op and call site); the
+    engine says it in one line. Any other warning is passed on as it was raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        found = _LOOPED_OP.match(str(warning.message))
+        if found:
+            looped.add(found.group(1))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def why_not_vectorizable(model: nn.Module) -> str | None:
+    """A reason known before running: layers whose training step mutates shared state, or
+    trainable weights of several dtypes, which one row of weights per trial cannot hold."""
+    dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+    if len(dtypes) > 1:
+        return f"its trainable parameters mix dtypes ({', '.join(sorted(dtypes))})"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return (
+                f"{type(module).__name__} at '{name or 'model'}' updates running statistics in training mode, "
+                "which vmap cannot batch"
+            )
+    return None
+
+
+class Bound(nn.Module):
+    """Runs any function of the model (the training loss, eval terms) under ``functional_call``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[nn.Module, Any], Any], batch: Any) -> Any:
+        return fn(self.model, batch)
