@@ -7,8 +7,9 @@ The rules (README, "Detection rules"), for a sweep of one or several seeds per r
 - ``unstable_base_lr`` is the smallest rate above ``best_lr`` where any seed failed: diverged,
   unstable or learned nothing (``unstable_kind`` says which; the most severe when seeds
   differ), with ``p_unstable``, the share of its seeds that failed;
-- a rate where some seeds failed and others did not is *at the edge*: one seed's verdict
-  there could flip with the seed.
+- a rate at or above ``best_lr`` where some seeds failed and others did not is *at the edge*
+  of stability: one seed's verdict there could flip with the seed (below lr*, a seed that
+  learned too little in time is slow, not unstable).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def lr_findings(trials: pd.DataFrame) -> LrFindings:
     objective = objective_column(trials)
     rates = rate_table(trials, objective)
     found = LrFindings(None, None, round(fraction, 4), objective, rates=_records(rates))
-    found.edge_rates = [float(r.lr) for r in rates.itertuples() if r.p_unstable is not None and 0 < r.p_unstable < 1]
+    mixed = [float(r.lr) for r in rates.itertuples() if r.p_unstable is not None and 0 < r.p_unstable < 1]
 
     failed = int((trials["status"] == TrialStatus.FAILED).sum())
     if failed:
@@ -101,10 +102,12 @@ def lr_findings(trials: pd.DataFrame) -> LrFindings:
         )
     feasible = rates[rates["feasible"]]
     if feasible.empty:
+        found.edge_rates = mixed
         return found
 
     best = feasible.loc[feasible["objective_mean"].idxmin()]
     found.best_lr, found.best_objective = float(best["lr"]), float(best["objective_mean"])
+    found.edge_rates = [lr for lr in mixed if lr >= found.best_lr]  # below lr*, a seed that learned less is no edge
     at_best = trials[trials["lr"] == found.best_lr]
     found.best_trial_id = int(at_best.loc[at_best[objective].idxmin(), "trial_id"])
     unstable_at_best = at_best[at_best["status"] == TrialStatus.UNSTABLE]
