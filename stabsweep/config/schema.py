@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -171,7 +171,8 @@ Seeds = Annotated[Int, Field(ge=1, le=1000)]  # trials per setting: seeds seed, 
 
 
 class LrSweepConfig(_Strict):
-    lrs: LogGrid | list[float] = Field(default_factory=lambda: LogGrid(min=1e-4, max=10, num=11))
+    # log-spaced, a list, or "auto": the grid a range test proposes (stabsweep find)
+    lrs: LogGrid | list[float] | Literal["auto"] = Field(default_factory=lambda: LogGrid(min=1e-4, max=10, num=11))
     seeds: Seeds = 1  # seeds per rate; instability becomes a probability per rate
     early_check_steps: Int = Field(500, ge=1, le=MAX_STEPS)  # length of --early-check's run
     early_check_multiplier: Float = Field(2.0, gt=0, le=MAX_LR)  # --early-check trains at this × best_lr
@@ -181,15 +182,45 @@ class LrSweepConfig(_Strict):
     def _grid_or_list(cls, value: Any) -> Any:
         if isinstance(value, list):
             return positive_numbers(value, "learning rates")
-        if not isinstance(value, (dict, LogGrid)):
+        if value != "auto" and not isinstance(value, (dict, LogGrid)):
             raise ValueError(
-                f"expected {{min: X, max: Y, num: N}} (log-spaced) or a list of learning rates "
+                f"expected {{min: X, max: Y, num: N}} (log-spaced), a list of learning rates, or auto "
                 f"(got {short_repr(value)})"
             )
         return value
 
+    @property
+    def auto(self) -> bool:
+        """The grid comes from a range test (``stabsweep find``)."""
+        return self.lrs == "auto"
+
     def values(self) -> list[float]:
+        if self.auto:
+            raise ValueError("lr_sweep.lrs is auto: the grid comes from the range test")
         return sorted(set(self.lrs.values() if isinstance(self.lrs, LogGrid) else self.lrs))
+
+
+class FindConfig(_Strict):
+    """The learning-rate range test (``stabsweep find``): one short run, the rate growing every step."""
+
+    min_lr: Float = Field(1e-7, gt=0, le=MAX_LR)  # the ramp's first rate
+    max_lr: Float = Field(10.0, gt=0, le=MAX_LR)  # its last
+    steps: Int = Field(100, ge=10, le=MAX_STEPS)  # the ramp's length
+    divergence_factor: Float | None = Field(None, gt=1, le=1e6)  # stop: smoothed > this × its minimum [detect's]
+    smoothing: Float = Field(0.95, gt=0, lt=1)  # the smoothed curve: bias-corrected EMA with this beta
+    skip_begin: Int = Field(10, ge=0, le=MAX_STEPS)  # the first steps' noise, left out of the suggestions
+    suggestion: Literal["valley", "steepest", "minimum_div_10"] = "valley"  # the one used
+    eval_every: Int = Field(0, ge=0, le=MAX_STEPS)  # evaluate every this many steps (0: train loss only)
+    eval_batches: Int = Field(4, ge=1, le=MAX_COUNT)  # on this many eval batches
+    seeds: Seeds = 1  # range tests in one batch; the suggestion reads their median curve
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FindConfig:
+        if self.min_lr >= self.max_lr:
+            raise ValueError(f"min_lr ({self.min_lr:g}) must be below max_lr ({self.max_lr:g})")
+        if self.skip_begin >= self.steps:
+            raise ValueError(f"skip_begin ({self.skip_begin}) must be below steps ({self.steps})")
+        return self
 
 
 class WarmupSweepConfig(_Strict):
@@ -272,6 +303,7 @@ class Config(_Strict):
     workload: WorkloadConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     lr_sweep: LrSweepConfig = Field(default_factory=LrSweepConfig)
+    find: FindConfig = Field(default_factory=FindConfig)
     warmup_sweep: WarmupSweepConfig = Field(default_factory=WarmupSweepConfig)
     clip_sweep: ClipSweepConfig = Field(default_factory=ClipSweepConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)

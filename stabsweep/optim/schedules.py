@@ -147,6 +147,17 @@ def one_cycle(
     )
 
 
+def exponential(
+    optimizer: Any, steps: int, base_lr: float, start_factor: Annotated[Float, Field(gt=0, le=1)] = 1e-8
+) -> Any:
+    """From start_factor · base up to base, the rate multiplied by the same factor every step:
+    the range test's ramp (a ``LambdaLR``: torch's ExponentialLR cannot end on a given rate)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    last = max(steps - 1, 1)
+    return LambdaLR(optimizer, lambda t: start_factor ** (1 - min(t, last) / last))
+
+
 SCHEDULES: dict[str, ScheduleBuilder] = {
     "constant": constant,
     "warmup": warmup,
@@ -156,6 +167,7 @@ SCHEDULES: dict[str, ScheduleBuilder] = {
     "sgdr": sgdr,
     "cyclic": cyclic,
     "one_cycle": one_cycle,
+    "exponential": exponential,
 }
 
 

@@ -20,8 +20,7 @@ from stabsweep.analysis.clip import sweep_rows as settings_of
 from stabsweep.analysis.clip import verdict as clip_verdict
 from stabsweep.config.schema import ClipConfig, Config
 from stabsweep.errors import UserError
-from stabsweep.procedures.context import Context
-from stabsweep.procedures.lr import seeds_of
+from stabsweep.procedures.context import Context, seeds_of
 from stabsweep.records import TrialSpec
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from stabsweep.records import TrialResult, TrialSpec
 
 
+def seeds_of(config: Config, count: int) -> list[int]:
+    """The seeds of a sweep of ``count`` seeds per setting: seed, seed + 1, ..., seed + count − 1."""
+    return [config.seed + k for k in range(count)]
+
+
 @dataclass
 class RunOptions:
     out: Path | None = None  # the run root; the command's folder is <out>/<command>/

@@ -12,17 +12,12 @@ from typing import Any
 
 from stabsweep.analysis.lr import LrFindings, lr_findings, verdict
 from stabsweep.config.schema import Config
-from stabsweep.procedures.context import Context
+from stabsweep.procedures.context import Context, seeds_of
 from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots, sweep_plots
 from stabsweep.report.console import print_verdict, trials_table
 
 COMMAND = "lr"
-
-
-def seeds_of(config: Config, count: int) -> list[int]:
-    """The seeds of a sweep of ``count`` seeds per setting: seed, seed + 1, ..., seed + count − 1."""
-    return [config.seed + k for k in range(count)]
 
 
 def plan(config: Config, lrs: list[float] | None = None) -> list[TrialSpec]:
@@ -64,15 +59,37 @@ def early_check_spec(config: Config, best_lr: float, trial_id: int) -> TrialSpec
     )
 
 
+def grid_of(ctx: Context) -> tuple[list[float], dict[str, Any] | None]:
+    """The rates to sweep, and the range test they came from when ``lr_sweep.lrs`` is auto (its
+    result under ``<out>/find/``, reused by ``--resume``; run first otherwise)."""
+    if not ctx.config.lr_sweep.auto:
+        return ctx.config.lr_sweep.values(), None
+    import json
+
+    from stabsweep.config.schema import LogGrid
+    from stabsweep.procedures import find
+
+    saved = ctx.run_root / find.COMMAND / "summary.json"
+    found = json.loads(saved.read_text()) if ctx.options.resume and saved.is_file() else find.run(ctx, inner=True)
+    grid = found["lr_grid"]
+    ctx.console.print(
+        f"Range test: suggested {found['suggested_lr']}, blew up at {found['divergence_lr']}: sweeping "
+        f"{grid['num']} rates from {grid['min']:g} to {grid['max']:g}",
+        markup=False,
+    )
+    return LogGrid(**grid).values(), found
+
+
 def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     config = ctx.config
     job = ctx.job()
+    lrs, found_by_find = grid_of(ctx)
     store = ctx.store(COMMAND)
-    specs = plan(config)
+    specs = plan(config, lrs)
     stale = store.trials_of_phase("early_check") - {len(specs)}  # numbered for fewer seeds: lr* may move
     if stale:
         store.forget(stale)
-    rates, seeds = len(config.lr_sweep.values()), config.lr_sweep.seeds
+    rates, seeds = len(lrs), config.lr_sweep.seeds
     label = f"lr sweep ({rates} rates" + (f" × {seeds} seeds)" if seeds > 1 else ")")
     ctx.run_trials(specs, job, store, label)
     trials, steps, evals = store.finalize()
@@ -96,7 +113,9 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
             title=ctx.title(COMMAND, f"early check: the first {spec.steps} steps at {spec.lr:.3g}"),
         )
 
-    summary = _summary(ctx, found, sweep, early)
+    summary = _summary(ctx, found, sweep, early, lrs)
+    if found_by_find is not None:
+        summary.update(lr_grid_source="find", lr_grid=found_by_find["lr_grid"])
     _plot(ctx, store.folder, sweep, steps, found)
     summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)
@@ -131,9 +150,8 @@ def early_summary(trials: Any, spec: TrialSpec, found: LrFindings) -> dict[str, 
     return out
 
 
-def next_command(ctx: Context, found: LrFindings) -> str:
+def next_command(ctx: Context, found: LrFindings, grid: list[float]) -> str:
     config, root = ctx.config, str(ctx.run_root)
-    grid = config.lr_sweep.values()
     source = shlex.quote(config.source)
     lowest = found.rates[0] if found.rates else None
     if found.best_lr is None or (
@@ -146,7 +164,9 @@ def next_command(ctx: Context, found: LrFindings) -> str:
     return f"stabsweep lr {source} --set 'lr_sweep.lrs={{min: {found.best_lr:g}, max: {high:g}, num: 7}}' --force"
 
 
-def _summary(ctx: Context, found: LrFindings, sweep: Any, early: dict[str, Any] | None) -> dict[str, Any]:
+def _summary(
+    ctx: Context, found: LrFindings, sweep: Any, early: dict[str, Any] | None, grid: list[float]
+) -> dict[str, Any]:
     text = verdict(found)
     if early is not None and early["early_instability"]:
         text += " " + early["verdict"]
@@ -179,7 +199,8 @@ def _summary(ctx: Context, found: LrFindings, sweep: Any, early: dict[str, Any] 
             "instability is a divergence or a rise in the first detect.early_fraction of the real run",
             "detect": ctx.config.detect.model_dump(),
         },
-        "next_command": next_command(ctx, found),
+        "lr_grid_source": "config",
+        "next_command": next_command(ctx, found, grid),
     }
 
 

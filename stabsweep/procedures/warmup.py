@@ -17,8 +17,7 @@ from typing import Any
 from stabsweep.analysis.warmup import WarmupPick, confirm_summary, picks, verdict
 from stabsweep.config.schema import Config, ScheduleConfig
 from stabsweep.errors import UserError
-from stabsweep.procedures.context import Context
-from stabsweep.procedures.lr import seeds_of
+from stabsweep.procedures.context import Context, seeds_of
 from stabsweep.records import TrialSpec
 from stabsweep.report import plots, sweep_plots
 from stabsweep.report.console import print_verdict, trials_table

@@ -184,3 +184,51 @@ def grad_norm_histogram(norms: np.ndarray, threshold: float, path: Path, *, titl
     ax.set_title(title)
     legend(ax)
     return save(fig, path)
+
+
+def range_test(steps: pd.DataFrame, found: object, suggested: float | None, path: Path, *, title: str) -> Path:
+    """Loss against the rate on a log axis: each step's loss faint, the smoothed curve bold (the
+    median over seeds in black when there are several), every suggestion and where it blew up."""
+    fig, (ax,) = figure()
+    seeds = steps.groupby("seed")
+    several = seeds.ngroups > 1
+    for i, (_, part) in enumerate(seeds):
+        ax.plot(part["lr"], part["train_loss"], color="0.78", lw=0.7, label=None if i else "training loss, each step")
+        label = None if i else ("smoothed, each seed" if several else "smoothed (bias-corrected EMA)")
+        ax.plot(part["lr"], part["smoothed_loss"], color="tab:blue", lw=1.0 if several else 1.8, label=label)
+        if "eval_loss" in part and part["eval_loss"].notna().any():
+            measured = part[part["eval_loss"].notna()]
+            ax.scatter(
+                measured["lr"],
+                measured["eval_loss"],
+                color="tab:orange",
+                s=14,
+                zorder=3,
+                label=None if i else "eval loss (a few batches)",
+            )
+    if several:
+        length = min(len(found.smoothed), len(found.lrs))
+        ax.plot(found.lrs[:length], found.smoothed[:length], color="black", lw=1.8, label=f"median, {found.curve} loss")
+    for (name, lr), color in zip(found.suggestions.items(), ("tab:green", "tab:purple", "tab:brown"), strict=False):
+        used = lr == suggested
+        ax.axvline(
+            lr,
+            color=color,
+            ls="-" if used else "--",
+            lw=1.6 if used else 1,
+            label=f"{name} {lr:.3g}" + (" (used)" if used else ""),
+        )
+    if found.divergence_lr is not None:
+        ax.axvline(found.divergence_lr, color="red", ls=":", lw=1.2, label=f"blew up at {found.divergence_lr:.3g}")
+    finite = found.smoothed[np.isfinite(found.smoothed)]
+    raw = steps["train_loss"].to_numpy(dtype=float)
+    raw = raw[np.isfinite(raw)]
+    if finite.size:  # the curve up to where it blew up, not the blown-up values
+        low, high = min(finite.min(), raw.min() if raw.size else finite.min()), finite.max()
+        ax.set_ylim(low - 0.05 * (high - low), min(high, 3 * finite[0]) + 0.1 * (high - low))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale; it grows every step)")
+    ax.set_ylabel(f"{found.curve} loss")
+    ax.set_title(title)
+    legend(ax, loc="upper left")
+    return save(fig, path)

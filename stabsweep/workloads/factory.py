@@ -45,6 +45,7 @@ class WorkloadFactory:
     batch_size: int | None = None
     key: str = "workload.factory"  # the config key named in errors
     start_folder: str | None = None  # where a module path resolves from: the cwd when the config was read
+    eval_batches: int | None = None  # evaluate on the first this many eval batches only (the range test)
 
     def function(self) -> Callable[..., Any]:
         return _load(self.target, self.key, self.start_folder)
@@ -60,6 +61,8 @@ class WorkloadFactory:
                 f"{self.key}: {self.target} returned {type(workload).__name__}, "
                 "expected stabsweep.Workload(model=..., train_data=..., loss_fn=...)"
             )
+        if self.eval_batches is not None and workload.eval_data is not None:
+            workload.eval_data = FirstBatches(workload.eval_data, self.eval_batches)
         return workload
 
     def check(self, seed: int) -> Workload:
@@ -84,6 +87,20 @@ class WorkloadFactory:
             raise UserError(
                 f"{self.key}: calling {self.target.rsplit('/', 1)[-1]}(seed={seed}) raised {type(exc).__name__}: {exc}"
             ) from None
+
+
+class FirstBatches:
+    """The first ``count`` batches of ``data``, each time it is iterated."""
+
+    def __init__(self, data: Any, count: int) -> None:
+        self.data, self.count = data, count
+        if callable(getattr(data, "to", None)):  # in-memory data moves to the device once, as unwrapped
+            self.to = data.to
+
+    def __iter__(self) -> Any:
+        import itertools
+
+        return itertools.islice(iter(self.data), self.count)
 
 
 def resolve_factory(workload: Any, config_source: str | None = None) -> WorkloadFactory:
