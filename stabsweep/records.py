@@ -88,6 +88,7 @@ class TrialJob:
     max_batch: int = 64  # most trials in one vectorized computation
     checkpoint_dir: str | None = None  # where a running batch saves itself; None: never
     checkpoint_every: float = 0.0  # seconds between saves; 0: never
+    log_layers_every: int = 0  # per-layer norms every this many steps (layers.csv); 0: never
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,17 @@ class StepLog:
     grad_norm: Any  # the global norm before clipping
     clip_threshold: Any  # NaN where no clipping was in force
     clipped: Any  # bool
+
+
+@dataclass(frozen=True)
+class LayerLog:
+    """Per-layer records of one trial at its logged steps: one column per parameter tensor."""
+
+    steps: Any  # np.ndarray [K] of 1-based steps
+    layers: list[str]  # parameter names
+    grad_norm: Any  # [K, L] before clipping
+    weight_norm: Any  # [K, L] before the step
+    update_ratio: Any  # [K, L] ‖Δw‖ / ‖w‖ of the step
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,7 @@ class TrialResult:
     instability: str | None = None  # "early" or "mid-training", for a diverged or unstable trial
     error: str | None = None
     steps: StepLog | None = None
+    layers: LayerLog | None = None
     evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "eval_loss", ...}
     engine: str = "sequential"  # "vectorized" when it ran in a batch of trials
     fallback: str | None = None  # why a trial meant for a batch ran alone

@@ -123,6 +123,8 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig | None = None  # null | number | {percentile: 90, window: 1000} | {zscore: 2.5}
+    log_layers: bool = False  # per-layer gradient norm, weight norm and update ratio in layers.csv
+    log_layers_every: Int = Field(10, ge=1, le=MAX_STEPS)  # ... every this many steps
 
     @field_validator("optimizer", "schedule", mode="before")
     @classmethod

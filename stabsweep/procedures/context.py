@@ -83,6 +83,7 @@ class Context:
             str(device),
             engine=execution.engine,
             max_batch=execution.max_batch,
+            log_layers_every=self.config.train.log_layers_every if self.config.train.log_layers else 0,
         )
 
     def store(self, command: str) -> ResultsStore:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from stabsweep.config.schema import Config
     from stabsweep.records import TrialResult
 
-TRIALS, STEPS, EVALS = "trials.csv", "steps.csv", "evals.csv"
-OUTPUTS = (TRIALS, STEPS, EVALS, "summary.json", "config.yaml")
+TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
+OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, "summary.json", "config.yaml")
 _STATUSES = ", ".join(s.value for s in TrialStatus)
 
 
@@ -103,6 +103,8 @@ class ResultsStore:
             self._append(STEPS, steps)
         if result.evals:
             self._append(EVALS, pd.DataFrame([{"trial_id": result.spec.trial_id, **e} for e in result.evals]))
+        if result.layers is not None and len(result.layers.steps):
+            self._append(LAYERS, layer_rows(result.spec.trial_id, result.layers))
         self._append(TRIALS, pd.DataFrame([result.row()]))
         self.completed_lrs[result.spec.trial_id] = result.spec.lr
 
@@ -114,7 +116,9 @@ class ResultsStore:
         evals = self.read(EVALS)
         steps = steps.sort_values(["trial_id", "step"], kind="stable") if len(steps) else steps
         evals = evals.sort_values(["trial_id", "step"], kind="stable") if len(evals) else evals
-        for name, frame in ((TRIALS, trials), (STEPS, steps), (EVALS, evals)):
+        layers = self.read(LAYERS)
+        layers = layers.sort_values(["trial_id", "step"], kind="stable") if len(layers) else layers
+        for name, frame in ((TRIALS, trials), (STEPS, steps), (EVALS, evals), (LAYERS, layers)):
             if len(frame.columns):
                 frame.to_csv(self.folder / name, index=False)
         return trials.reset_index(drop=True), steps.reset_index(drop=True), evals.reset_index(drop=True)
@@ -156,7 +160,7 @@ class ResultsStore:
     def forget(self, trial_ids: set[int]) -> None:
         """Remove these trials' rows from every file: a result that no longer belongs to the plan
         (the early check of an lr* that more seeds moved)."""
-        for name in (TRIALS, STEPS, EVALS):
+        for name in (TRIALS, STEPS, EVALS, LAYERS):
             frame = self.read(name)
             if len(frame):
                 frame[~frame["trial_id"].isin(trial_ids)].to_csv(self.folder / name, index=False)
@@ -171,7 +175,7 @@ class ResultsStore:
             trials.to_csv(self.folder / TRIALS, index=False)
             self.completed_lrs = dict(zip(trials["trial_id"].astype(int), trials["lr"], strict=True))
         done = self.completed
-        for name in (STEPS, EVALS):
+        for name in (STEPS, EVALS, LAYERS):
             frame = self.read(name)
             if len(frame):
                 frame[frame["trial_id"].isin(done)].to_csv(self.folder / name, index=False)
@@ -189,6 +193,24 @@ class ResultsStore:
         with path.open("a", newline="") as handle:
             frame.to_csv(handle, header=header, index=False)
             handle.flush()
+
+
+def layer_rows(trial_id: int, log: Any) -> pd.DataFrame:
+    """layers.csv rows of one trial: one per logged step and parameter tensor."""
+    import numpy as np
+    import pandas as pd
+
+    steps, layers = len(log.steps), len(log.layers)
+    return pd.DataFrame(
+        {
+            "trial_id": trial_id,
+            "step": np.repeat(log.steps, layers),
+            "layer": np.tile(log.layers, steps),
+            "grad_norm": np.asarray(log.grad_norm).reshape(-1),
+            "weight_norm": np.asarray(log.weight_norm).reshape(-1),
+            "update_ratio": np.asarray(log.update_ratio).reshape(-1),
+        }
+    )
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -47,6 +47,7 @@ from stabsweep.training.common import (
     trial_result,
 )
 from stabsweep.training.gradients import FlatGrads
+from stabsweep.training.layers import TrialLayers
 from stabsweep.workloads.base import Workload
 
 
@@ -59,13 +60,15 @@ def train_trial(
     checkpoints: tuple[str | None, float] = (None, 0.0),
     resume: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    layers_every: int = 0,
 ) -> TrialResult:
     """Run one trial (from ``resume``, a checkpoint's state, when given); an exception inside
     it is a FAILED result with the steps it ran, never a crash of the sweep."""
     start = time.perf_counter()
     trial = None
     try:
-        trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, Checkpointer(*checkpoints, [spec]))
+        checkpointer = Checkpointer(*checkpoints, [spec])
+        trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, checkpointer, layers_every)
         return trial.run(start, resume, progress)
     except Exception as exc:  # noqa: BLE001 - a trial that raises is a result, not a crash
         return failed_result(spec, exc, start, device, trial.records() if trial else None)
@@ -80,11 +83,14 @@ class _Trial:
         detect: Any,
         device: torch.device,
         checkpointer: Checkpointer,
+        layers_every: int = 0,
     ) -> None:
         self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
         self.checkpointer = checkpointer
         self.model = workload.model.to(device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.layers = TrialLayers([name for name, _ in named], self.params, layers_every)
         self.lrs = lr_schedule(spec)
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, self.params, float(self.lrs[0]))
         self.clipper = build_clipper([spec.clip], device)
@@ -129,7 +135,8 @@ class _Trial:
             self.evals,
         )
         self.checkpointer.discard()
-        return dataclasses.replace(result, notes=self._notes())
+        layers = self.layers.log(steps_run) if self.layers.every else None
+        return dataclasses.replace(result, notes=self._notes(), layers=layers)
 
     def _train(self, grads: FlatGrads, progress: Progress | None) -> int | None:
         """Train to the last step; the step the trial diverged at, or None."""
@@ -156,11 +163,16 @@ class _Trial:
             else:
                 self.step_losses.append(loss.detach())
             self.norms.append(norm)
+            logging = self.layers.due(step)
+            if logging:
+                self.layers.before_step()
             if self.clipper is not None:
                 threshold = self.clipper.threshold(norm.reshape(1), step)[0]
                 self.thresholds.append(threshold)
                 clip_grads_with_norm_(self.params, threshold, norm)
             self.optimizer.step()
+            if logging:
+                self.layers.after_step(step)
 
             self.step = done = step + 1
             if read_now:  # one fresh loss: plain floats beat numpy calls
@@ -221,6 +233,7 @@ class _Trial:
             "thresholds": read_records(self.thresholds) if self.thresholds else None,
             "evals": list(self.evals),
             "eval_terms": self.eval_terms.state_dict(),
+            "layers": self.layers.state(),
             "data": self.stream.state(),
             "rng": rng_state(self.device),
         }
@@ -238,5 +251,6 @@ class _Trial:
             self.thresholds = list(torch.as_tensor(state["thresholds"], device=self.device).unbind())
         self.evals = list(state["evals"])
         self.eval_terms.load_state_dict(state["eval_terms"])
+        self.layers.restore(state["layers"], self.device)
         self.stream.restore(state["data"])
         set_rng_state(state["rng"], self.device)

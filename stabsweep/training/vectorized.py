@@ -62,6 +62,7 @@ from stabsweep.training.common import (
     training_loss,
     trial_result,
 )
+from stabsweep.training.layers import BatchLayers
 from stabsweep.training.seeds import SeedGroups
 from stabsweep.training.vmap_support import NotVectorizable, noting_looped_ops, quiet_looped_ops, why_not_vectorizable
 from stabsweep.workloads.base import Workload
@@ -78,6 +79,7 @@ class TrialBatch:
         detect: Any,
         device: torch.device,
         checkpointer: Checkpointer | None = None,
+        layers_every: int = 0,
     ) -> None:
         specs = sorted(specs, key=lambda spec: spec.seed)  # each seed's rows contiguous (training/seeds.py)
         self.specs, self.detect, self.device = specs, detect, device
@@ -100,6 +102,7 @@ class TrialBatch:
         self.dormant: list[str] = []
         # The memory order of each parameter's dims within its slice of the row: see _settle.
         self.orders = {name: tuple(range(len(shape))) for name, shape in self.shapes.items()}
+        self.layers = BatchLayers(layers_every)
         self._split_flat()
         # Frozen parameters and buffers: passed once, unbatched, when every seed has the same
         # (always with one seed); per row otherwise (a frozen embedding drawn from the seed).
@@ -129,9 +132,10 @@ class TrialBatch:
         autograd differentiates) and of the flat gradient (where the step reads them)."""
         self.flat_grad = torch.zeros_like(self.flat)
         self.before = torch.empty_like(self.flat)
-        self.params, self.grad_views, start = {}, [], 0
+        self.params, self.grad_views, start, spans = {}, [], 0, []
         for name, shape in self.shapes.items():
             end = start + math.prod(shape)
+            spans.append((name, start, end))
             order = self.orders[name]
             stored = [shape[d] for d in order]
             back = (0, *(1 + order.index(d) for d in range(len(shape))))  # stored order -> shape
@@ -140,6 +144,8 @@ class TrialBatch:
             start = end
         # What backward differentiates: the rows, and the dormant parameters, to notice a step that reaches one.
         self.grad_inputs = [*self.params.values(), *(self.shared[name] for name in self.dormant)]
+        if self.layers.every:
+            self.layers.lay_out(spans, self.flat.device)
 
     def _settle(self, grads: tuple[torch.Tensor | None, ...]) -> list[torch.Tensor]:
         """Fix the rows' layout from the first backward, before any optimizer state exists.
@@ -272,12 +278,17 @@ class TrialBatch:
             norms = torch.linalg.vector_norm(self.flat_grad, dim=1)  # get_total_norm, per trial
             self.loss_buf[self.rows, step] = loss.detach()
             self.norm_buf[self.rows, step] = norms
+            logging = self.layers.due(step)
+            if logging:
+                self.layers.before_clipping(self.flat_grad)
             if self.clipper is not None:
                 thresholds = self.clipper.threshold(norms, step)
                 self.threshold_buf[self.rows, step] = thresholds
                 scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)  # clip_grads_with_norm_'s formula
                 self.flat_grad.mul_(scale[:, None])
             self._step(self.lr_rows[:, step])
+            if logging:
+                self.layers.after_step(step, self.rows, self.before, self.flat)
             self.steps_done = done = step + 1
 
             at_an_end = done in end_steps
@@ -381,8 +392,9 @@ class TrialBatch:
             self.evals[trial],
         )
         notes = (*self.eval_terms.notes, *([self.checkpointer.note] if self.checkpointer.note else []))
+        layers = self.layers.log(trial, steps_run) if self.layers.every else None
         return dataclasses.replace(
-            result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)), notes=tuple(notes)
+            result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)), notes=tuple(notes), layers=layers
         )
 
     def records(self, spec: TrialSpec) -> tuple[int, Any, list[dict[str, float]]]:
@@ -419,6 +431,7 @@ class TrialBatch:
             "eval_terms": self.eval_terms.state_dict(),
             "looped_ops": sorted(self.looped_ops),
             "row_shared": self.row_shared,
+            "layers": self.layers.state(),
             "seeds": self.seeds.state(),
             "rng": rng_state(self.device),
         }
@@ -445,5 +458,6 @@ class TrialBatch:
         self.eval_terms.load_state_dict(state["eval_terms"])
         self.looped_ops.update(state["looped_ops"])
         self.row_shared = {name: value.to(device) for name, value in state["row_shared"].items()}
+        self.layers.restore(state["layers"], device)
         self.seeds.restore(state["seeds"])
         set_rng_state(state["rng"], device)
