@@ -7,6 +7,7 @@
 (ckpt) checkpoints: the sweep with checkpoints at the default interval / without   target ≤ 1.02
 (progress) the sweep with its live progress display (on a terminal) / quiet        target ≤ 1.01
 (seeds) per trial-step: 8 rates × 4 seeds in one batch / 32 rates × 1 seed          target ≤ 1.25
+(layers) the sweep logging per-layer norms every 10 steps / not logging them         target ≤ 1.05
               ((ckpt 1 s) prints the cost of saving every second, beside it)
 
 Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
@@ -205,9 +206,9 @@ def main() -> int:
     console = Console(stderr=True)
     scratch = Path(tempfile.mkdtemp(prefix="stabsweep-bench-"))
 
-    def context(live: bool = False, rates: int = 16, seeds: int = 1, **execution: str) -> Context:
+    def context(live: bool = False, rates: int = 16, seeds: int = 1, layers: bool = False, **execution: str) -> Context:
         overrides = {**SWEEP, "device": args.device, **{f"execution.{k}": v for k, v in execution.items()}}
-        overrides.update({"lr_sweep.lrs.num": rates, "lr_sweep.seeds": seeds})
+        overrides.update({"lr_sweep.lrs.num": rates, "lr_sweep.seeds": seeds, "train.log_layers": layers})
         if args.steps:
             overrides["train.steps"] = args.steps
         config = load_config(QUICKSTART, overrides)
@@ -254,21 +255,23 @@ def main() -> int:
     # All sides in the same rounds, so a machine that speeds up or slows down shifts them alike.
     gemm_flops = sum(2 * a[0] * a[1] * b[1] for a, b in sweep_products(job)) * sum(running)
     seeds_ctx, rates_ctx = context(rates=8, seeds=4), context(rates=32)
-    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s, unsaved_s, saving_s, live_s, seeds_s, rates_s = (
-        timed_rounds(
-            args.runs,
-            lambda: bare_loop(job, steps, eval_every),
-            trial,
-            sweep(local),
-            lambda: arithmetic_floor(job, running),
-            lambda: matmul_floor(job, running),
-            sweep(context(engine="sequential")),
-            sweep(context(checkpoint_every=0)),
-            sweep(context(checkpoint_every=1)),
-            sweep(context(live=True)),
-            sweep(seeds_ctx, per_trial_step=True),
-            sweep(rates_ctx, per_trial_step=True),
-        )
+    timings = timed_rounds(
+        args.runs,
+        lambda: bare_loop(job, steps, eval_every),
+        trial,
+        sweep(local),
+        lambda: arithmetic_floor(job, running),
+        lambda: matmul_floor(job, running),
+        sweep(context(engine="sequential")),
+        sweep(context(checkpoint_every=0)),
+        sweep(context(checkpoint_every=1)),
+        sweep(context(live=True)),
+        sweep(seeds_ctx, per_trial_step=True),
+        sweep(rates_ctx, per_trial_step=True),
+        sweep(context(layers=True)),
+    )
+    bare_s, trial_s, sweep_s, floor_s, gemm_s, sequential_s, unsaved_s, saving_s, live_s, seeds_s, rates_s, layers_s = (
+        timings
     )
     peak = peak_gflops(torch.device(job.device))
     gemm_gflops = gemm_flops / statistics.median(gemm_s) / 1e9
@@ -286,6 +289,7 @@ def main() -> int:
         ratio_row("ckpt 1 s", "sweep, a checkpoint every second / none", saving_s, unsaved_s),
         ratio_row("progress", "sweep with live progress on a terminal / quiet", live_s, sweep_s, target=1.01),
         ratio_row("seeds", "s per 1000 trial-steps: 8 rates × 4 seeds / 32 × 1", seeds_s, rates_s, target=1.25),
+        ratio_row("layers", "sweep logging per-layer norms every 10 steps / not", layers_s, sweep_s, target=1.05),
     ]
     if not args.no_ray:
         ray_ctx = context(executor="ray")

@@ -21,9 +21,20 @@ def test_bench_writes_every_ratio(tmp_path):
     run = subprocess.run([*bench, "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "bench.csv")
-    assert list(frame["id"]) == ["a", "b", "b floor", "b GEMMs", "b'", "ckpt", "ckpt 1 s", "progress", "seeds"]
+    assert list(frame["id"]) == [
+        "a",
+        "b",
+        "b floor",
+        "b GEMMs",
+        "b'",
+        "ckpt",
+        "ckpt 1 s",
+        "progress",
+        "seeds",
+        "layers",
+    ]
     assert (frame["ratio"] > 0).all() and (frame["seconds"] > 0).all()
-    assert list(frame.loc[frame["target"].notna(), "id"]) == ["a", "b", "ckpt", "progress", "seeds"]
+    assert list(frame.loc[frame["target"].notna(), "id"]) == ["a", "b", "ckpt", "progress", "seeds", "layers"]
     # The sweep's matrix products: 15.17 MFLOP per trial-step of the quickstart MLP (64-128-128-128-10,
     # batch 64: forward, weight and input gradients), over the trial-steps the printed count gives.
     trial_steps = int(run.stderr.split("the 16-rate sweep ran ")[1].split(" trial-steps")[0].replace(",", ""))

@@ -390,3 +390,54 @@ def test_cuda_batch_matches_cpu_alone_and_syncs_in_chunks():
         np.testing.assert_allclose(result.steps.train_loss[:n], on_cpu.steps.train_loss[:n], rtol=1e-4)
         single = alone(result.spec, optimizer, device=cuda)  # the sequential trainer on the GPU, too
         assert single.status == on_cpu.status and single.steps_run == on_cpu.steps_run
+
+
+def test_per_layer_logging_matches_the_trial_alone_and_reads_nothing_back_per_step(monkeypatch):
+    from stabsweep.training import layers as layer_log
+
+    specs = [spec(0, 0.01, steps=20), spec(1, 0.05, steps=30)]
+    optimizer = OptimizerConfig(name="momentum")
+    real = {name: getattr(torch.Tensor, name) for name in ("cpu", "item", "tolist")}
+    reading = []
+
+    def guarded(method):
+        def call(self, *args, **kwargs):
+            reading.append(method)
+            return real[method](self, *args, **kwargs)
+
+        return call
+
+    def hot_path(fn):  # a step's logging must not read a value back to the host
+        def call(*args, **kwargs):
+            for name in real:
+                monkeypatch.setattr(torch.Tensor, name, guarded(name))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for name, method in real.items():
+                    monkeypatch.setattr(torch.Tensor, name, method)
+
+        return call
+
+    monkeypatch.setattr(layer_log.BatchLayers, "before_clipping", hot_path(layer_log.BatchLayers.before_clipping))
+    monkeypatch.setattr(layer_log.BatchLayers, "after_step", hot_path(layer_log.BatchLayers.after_step))
+    batch = {r.spec.trial_id: r for r in TrialBatch(specs, MLP, optimizer, DETECT, CPU, layers_every=5).run()}
+    assert reading == []
+    for trial_id, result in batch.items():
+        single = train_trial(specs[trial_id], MLP, optimizer, DETECT, CPU, layers_every=5)
+        assert list(result.layers.steps) == list(single.layers.steps) == list(range(5, specs[trial_id].steps + 1, 5))
+        assert [n.removeprefix("model.") for n in result.layers.layers] == single.layers.layers
+        for field in ("grad_norm", "weight_norm", "update_ratio"):
+            np.testing.assert_allclose(getattr(result.layers, field), getattr(single.layers, field), rtol=1e-4)
+
+
+def test_with_layer_logging_off_the_step_only_asks_whether_it_is_due(monkeypatch):
+    from stabsweep.training import layers as layer_log
+
+    def never(*args, **kwargs):
+        raise AssertionError("logging work on a step with log_layers off")
+
+    for name in ("before_clipping", "after_step", "lay_out", "log"):
+        monkeypatch.setattr(layer_log.BatchLayers, name, never)
+    results = list(TrialBatch([spec(0, 0.01), spec(1, 0.05)], MLP, OptimizerConfig(name="sgd"), DETECT, CPU).run())
+    assert all(r.layers is None for r in results)

@@ -163,3 +163,20 @@ def verdict(source: str, report: NormReport, rows: list[dict[str, Any]] | None) 
         names = ", ".join(f"p{r['clip_percentile']:g} ({r['clipped_fraction']:.0%} of steps)" for r in aggressive)
         text += f" Clipped too often to count: {names}; {AGGRESSIVE}."
     return text
+
+
+def dominant_layers(layers: Any, norms: Any, threshold: float, top: int = 3) -> list[dict[str, Any]]:
+    """The layers whose gradients make up most of the global norm at the logged steps where it
+    was above ``threshold`` (the spikes clipping would cut): each layer's mean share of the
+    squared global norm over those steps, the largest first."""
+    above = norms.loc[norms["grad_norm"] > threshold, ["trial_id", "step"]]
+    spikes = layers.merge(above, on=["trial_id", "step"])
+    if spikes.empty:
+        return []
+    squared = spikes.assign(square=spikes["grad_norm"].astype(float) ** 2)
+    totals = squared.groupby(["trial_id", "step"])["square"].transform("sum")
+    shares = (squared["square"] / totals).groupby(squared["layer"]).mean().sort_values(ascending=False)
+    steps = len(spikes.groupby(["trial_id", "step"]))
+    return [
+        {"layer": name, "share": round(float(share), 4), "steps": steps} for name, share in shares.head(top).items()
+    ]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli import clip, find, lr, warmup
+from stabsweep.cli import clip, doctor, find, lr, warmup
 from stabsweep.cli.options import Command, Group
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ def _main(
     Playbook's instability procedure)."""
 
 
+app.command("doctor", cls=Command)(doctor.doctor)
 app.command("find", cls=Command)(find.find)
 app.command("lr", cls=Command)(lr.lr)
 app.command("warmup", cls=Command)(warmup.warmup)

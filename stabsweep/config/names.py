@@ -7,3 +7,13 @@ from typing import Literal
 EngineName = Literal["auto", "vectorized", "sequential"]  # how a batch of trials runs
 ExecutorName = Literal["local", "process", "ray"]  # where trials run
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"  # config `device:` and --device
+DOCTOR_CHECKS = (  # stabsweep doctor's checks, in the order they run (summary.json names them)
+    "data_finite",
+    "labels_in_range",
+    "initial_loss",
+    "overfit_one_batch",
+    "gradient_check",
+    "dead_units",
+    "update_ratio",
+    "layer_grad_norms",
+)

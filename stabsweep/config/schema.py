@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from stabsweep.config.names import DEVICE_PATTERN, EngineName, ExecutorName
+from stabsweep.config.names import DEVICE_PATTERN, DOCTOR_CHECKS, EngineName, ExecutorName
 from stabsweep.errors import ConfigKeyError, short_repr
 from stabsweep.numbers import Float, Int
 
@@ -225,6 +225,28 @@ class FindConfig(_Strict):
         return self
 
 
+class DoctorConfig(_Strict):
+    """``stabsweep doctor``: the checks before any sweep."""
+
+    overfit_steps: Int = Field(200, ge=1, le=MAX_STEPS)  # steps of "overfit one batch"
+    update_steps: Int = Field(20, ge=1, le=MAX_STEPS)  # the first steps whose update ratios are read
+    gradient_samples: Int = Field(8, ge=1, le=1000)  # elements per module type the gradient check perturbs
+    skip: list[str] = Field(default_factory=list)  # checks not to run
+
+    @field_validator("skip")
+    @classmethod
+    def _known_checks(cls, value: list[str]) -> list[str]:
+        from stabsweep.errors import did_you_mean
+
+        for i, name in enumerate(value):
+            if name not in DOCTOR_CHECKS:
+                hint = did_you_mean(name, DOCTOR_CHECKS)
+                raise ConfigKeyError(
+                    f"[{i}]", f"unknown check '{name}'{hint}; the checks are {', '.join(DOCTOR_CHECKS)}"
+                )
+        return value
+
+
 class WarmupSweepConfig(_Strict):
     multipliers: list[float] = Field(default_factory=lambda: [10.0])  # base_lr = m × unstable
     # The playbook's candidates; those above max_fraction × train.steps are dropped.
@@ -306,6 +328,7 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     lr_sweep: LrSweepConfig = Field(default_factory=LrSweepConfig)
     find: FindConfig = Field(default_factory=FindConfig)
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig)
     warmup_sweep: WarmupSweepConfig = Field(default_factory=WarmupSweepConfig)
     clip_sweep: ClipSweepConfig = Field(default_factory=ClipSweepConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from stabsweep.analysis.clip import AGGRESSIVE, NormReport, norm_report, recommended, spans_orders_of_magnitude
+from stabsweep.analysis.clip import (
+    AGGRESSIVE,
+    NormReport,
+    dominant_layers,
+    norm_report,
+    recommended,
+    spans_orders_of_magnitude,
+)
 from stabsweep.analysis.clip import sweep_rows as settings_of
 from stabsweep.analysis.clip import verdict as clip_verdict
 from stabsweep.config.schema import ClipConfig, Config
@@ -138,11 +145,43 @@ def run(
         _plot_sweep(ctx, store.folder, trials, all_steps)
 
     summary = _summary(ctx, source, report, rows)
+    layers = _layers_of(lr_run, source) if lr_run is not None else None
+    if layers is not None and len(layers):
+        norms = lr_run.steps()
+        summary["dominant_layers"] = dominant_layers(
+            layers, norms[norms["trial_id"].isin(source.trial_ids)], report.threshold
+        )
+        if summary["dominant_layers"]:
+            top = summary["dominant_layers"][0]
+            summary["verdict"] += (
+                f" At the logged steps above the threshold, '{top['layer']}' carries {top['share']:.0%} of the "
+                "squared gradient norm: the layer to look at."
+            )
+        ctx.plot(
+            plots.layer_spikes,
+            layers,
+            source.steps,
+            source.norms,
+            report.threshold,
+            store.folder / "plots" / "layer_spikes.png",
+            title=ctx.title(COMMAND, "per-layer gradient norms around the largest spikes"),
+        )
     _plot(ctx, store.folder, source, report)
     summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)
     _report(ctx, source, report, summary, str(store.folder))
     return summary
+
+
+def _layers_of(lr_run: LrRun, source: NormSource) -> Any:
+    """The run's layers.csv rows of the trials read (train.log_layers), or None."""
+    from stabsweep.results.store import read_table
+
+    path = lr_run.folder / "layers.csv"
+    if not path.is_file():
+        return None
+    layers = read_table(path)
+    return layers[layers["trial_id"].isin(source.trial_ids)]
 
 
 def _summary(ctx: Context, source: NormSource, report: NormReport, rows: list[dict[str, Any]] | None) -> dict[str, Any]:

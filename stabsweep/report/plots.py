@@ -232,3 +232,63 @@ def range_test(steps: pd.DataFrame, found: object, suggested: float | None, path
     ax.set_title(title)
     legend(ax, loc="upper left")
     return save(fig, path)
+
+
+def layers(log: object, path: Path, *, title: str) -> Path:
+    """Per parameter tensor, in model order: the gradient norm at the first step, the weight
+    norm, and the median update ratio ‖Δw‖/‖w‖ over the logged steps (1e-3 drawn as a guide)."""
+    fig, axes = figure((1.0, 1.0, 1.0), height=6.2)
+    names = list(log.layers)
+    x = np.arange(len(names))
+    ratio = np.nanmedian(log.update_ratio, axis=0) if len(log.steps) else np.full(len(names), np.nan)
+    panels = (
+        (log.grad_norm[0], "gradient norm\n(first step)", "tab:blue"),
+        (log.weight_norm[0], "weight norm", "tab:green"),
+        (ratio, "update ratio\n‖Δw‖/‖w‖ (median)", "tab:orange"),
+    )
+    for ax, (values, label, color) in zip(axes, panels, strict=True):
+        values = np.where(np.asarray(values) > 0, values, np.nan)
+        ax.bar(x, values, color=color)
+        ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=8)
+    axes[2].axhline(1e-3, color="k", ls="--", lw=1, label="1e-3, the usual pace")
+    legend(axes[2], loc="best")
+    axes[0].set_title(title)
+    axes[-1].set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    axes[-1].set_xlabel("parameter tensor (model order)")
+    return save(fig, path)
+
+
+def layer_spikes(
+    layers: pd.DataFrame, steps: np.ndarray, norms: np.ndarray, threshold: float, path: Path, *, title: str
+) -> Path:
+    """Per-layer gradient norms at the logged steps (the layers that dominate the spikes in
+    colour, the rest grey), over the global norm with the threshold and the largest spikes."""
+    fig, (top, ax) = figure((1.0, 2.2), height=5.6)
+    top.plot(steps, norms, color="tab:blue", lw=0.7)
+    top.axhline(threshold, color="k", ls="--", lw=1)
+    spikes = np.argsort(np.where(np.isfinite(norms), norms, -np.inf))[-5:]
+    top.scatter(steps[spikes], norms[spikes], color="tab:red", s=14, zorder=3)
+    top.set_ylabel("global norm", fontsize=8)
+    top.set_yscale("log")
+    top.set_title(title)
+    first = layers[layers["trial_id"] == layers["trial_id"].min()]
+    peaks = first.groupby("layer")["grad_norm"].max().sort_values(ascending=False)
+    colors = dict(zip(peaks.index[:4], ("tab:red", "tab:orange", "tab:purple", "tab:brown"), strict=False))
+    for name, part in first.groupby("layer", sort=False):
+        color = colors.get(name, "0.75")
+        ax.plot(
+            part["step"],
+            part["grad_norm"],
+            color=color,
+            lw=1.4 if name in colors else 0.7,
+            label=name if name in colors else None,
+        )
+    for step in steps[spikes]:
+        for axis in (top, ax):
+            axis.axvline(step, color="tab:red", alpha=0.25, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient norm per layer (logged steps)", fontsize=8)
+    legend(ax, loc="best")
+    return save(fig, path)
