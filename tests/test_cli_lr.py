@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -17,7 +11,7 @@ from typer.testing import CliRunner
 
 from stabsweep.cli import app
 
-from .conftest import ROOT, needs_ray
+from .conftest import needs_ray
 from .sweep_files import assert_same_sweep, sweep_files
 
 runner = CliRunner()
@@ -148,47 +142,6 @@ def test_interrupted_sweep_resumes_to_the_same_files(executor, smoke_config, tmp
     resumed = invoke("lr", smoke_config, "--out", broken, "--resume", "-q", "--executor", executor)
     assert resumed.exit_code == 0, resumed.output
     assert_same_sweep(sweep_files(broken / "lr"), sweep_files(reference / "lr"))
-
-
-@pytest.mark.slow
-def test_killed_process_keeps_finished_trials_and_resume_runs_only_the_rest(smoke_config, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "stabsweep",
-        "lr",
-        str(smoke_config),
-        "--out",
-        str(tmp_path),
-        "-q",
-        "--set",
-        "train.steps=400",
-        "--set",
-        "lr_sweep.lrs=[0.003, 0.01, 0.03, 0.1, 0.3]",
-        "--engine",
-        "sequential",  # trials end one by one, so a kill can land between two of them
-    ]
-    process = subprocess.Popen(cmd, env=env)
-    trials_csv = tmp_path / "lr" / "trials.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if trials_csv.exists() and len(trials_csv.read_text().splitlines()) >= 3:  # header + 2 trials
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    finished = set(pd.read_csv(trials_csv)["trial_id"])
-    assert 2 <= len(finished) < 5, "the kill should land mid-sweep"
-
-    resumed = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    trials = pd.read_csv(trials_csv)
-    steps = pd.read_csv(tmp_path / "lr" / "steps.csv")
-    assert list(trials["trial_id"]) == [0, 1, 2, 3, 4]
-    assert (steps.groupby("trial_id").size() == trials.set_index("trial_id")["steps_run"]).all()
-    assert not steps.duplicated(["trial_id", "step"]).any()
-    assert math.isfinite(json.loads(resumed.stdout)["best_lr"])
 
 
 @pytest.mark.slow
