@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli import clip, doctor, find, lr, warmup
+from stabsweep.cli import clip, doctor, find, lr, tune, warmup
 from stabsweep.cli.options import Command, Group
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.command("find", cls=Command)(find.find)
 app.command("lr", cls=Command)(lr.lr)
 app.command("warmup", cls=Command)(warmup.warmup)
 app.command("clip-report", cls=Command)(clip.clip_report)
+app.command("tune", cls=Command)(tune.tune)
 
 
 def main() -> None:

@@ -123,6 +123,7 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig | None = None  # null | number | {percentile: 90, window: 1000} | {zscore: 2.5}
+    warmup_steps: Int = Field(0, ge=0, le=MAX_STEPS)  # a linear warmup prepended to the schedule (steps + this in all)
     log_layers: bool = False  # per-layer gradient norm, weight norm and update ratio in layers.csv
     log_layers_every: Int = Field(10, ge=1, le=MAX_STEPS)  # ... every this many steps
 

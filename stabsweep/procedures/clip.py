@@ -28,12 +28,14 @@ from stabsweep.analysis.clip import verdict as clip_verdict
 from stabsweep.config.schema import ClipConfig, Config
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context, seeds_of
-from stabsweep.records import TrialSpec
+from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
 from stabsweep.report.console import print_verdict, trials_table
 from stabsweep.results.runs import LrRun
 
 COMMAND = "clip"
+FEW_STEPS = 0.2  # an unstable trial that ran less than this share of the run logged too few norms ...
+MIN_NORMS = 20  # ... or fewer norms than this
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class NormSource:
     lr: float
     steps: np.ndarray  # the step of each norm, trial after trial
     norms: np.ndarray
+    note: str | None = None  # why these trials and not the default ones
 
     @property
     def name(self) -> str:
@@ -51,23 +54,41 @@ class NormSource:
         return f"{trials} (lr={self.lr:.3g}) of {self.path}"
 
 
-def trials_from_run(lr_run: LrRun, trial_id: int | None) -> tuple[list[int], float]:
-    """The trials to read: the one asked for, else every seed's at the unstable base rate, else at lr*."""
+def trials_from_run(lr_run: LrRun, trial_id: int | None) -> tuple[list[int], float, str | None]:
+    """The trials to read: the one asked for, else every seed's at the unstable base rate, else at lr*;
+    and a note when the default moved.
+
+    A trial that diverged within its first ``FEW_STEPS`` fraction of the run (and at least
+    ``MIN_NORMS`` steps) logged a handful of norms, most of them the explosion itself: no
+    percentile of those says how large gradients are in training. Then the highest feasible rate
+    below it is read instead, the closest rate that trained the whole run."""
     trials = lr_run.trials()
-    if trial_id is None:
-        picked = lr_run.summary.get("unstable_trial_id")
-        if picked is None:
-            picked = lr_run.summary.get("best_trial_id")
-        if picked is None:
-            raise UserError(f"{lr_run.folder}: the run has neither an unstable nor a best trial; pick one with --trial")
-        lr = float(trials.loc[trials["trial_id"] == picked, "lr"].iloc[0])
-        same = trials[(trials["lr"] == lr) & (trials.get("phase", "sweep") == "sweep")]
-        return [int(t) for t in same["trial_id"]], lr
-    row = trials[trials["trial_id"] == trial_id]
-    if row.empty:
-        known = ", ".join(map(str, trials["trial_id"]))
-        raise UserError(f"--trial {trial_id}: no such trial in {lr_run.folder / 'trials.csv'} (trials: {known})")
-    return [int(trial_id)], float(row.iloc[0]["lr"])
+    if trial_id is not None:
+        row = trials[trials["trial_id"] == trial_id]
+        if row.empty:
+            known = ", ".join(map(str, trials["trial_id"]))
+            raise UserError(f"--trial {trial_id}: no such trial in {lr_run.folder / 'trials.csv'} (trials: {known})")
+        return [int(trial_id)], float(row.iloc[0]["lr"]), None
+    sweep = trials[trials.get("phase", "sweep") == "sweep"]
+    picked = lr_run.summary.get("unstable_trial_id")
+    if picked is None:
+        picked = lr_run.summary.get("best_trial_id")
+    if picked is None:
+        raise UserError(f"{lr_run.folder}: the run has neither an unstable nor a best trial; pick one with --trial")
+    lr = float(trials.loc[trials["trial_id"] == picked, "lr"].iloc[0])
+    note = None
+    ran = sweep.loc[sweep["lr"] == lr, "steps_run"].max()
+    enough = max(MIN_NORMS, FEW_STEPS * sweep["steps_run"].max())
+    feasible = sweep[(sweep["lr"] < lr) & sweep["status"].map(lambda s: TrialStatus.of(s).feasible)]
+    if ran < enough and len(feasible):
+        below = float(feasible["lr"].max())
+        note = (
+            f"the unstable rate {lr:.3g} ran only {int(ran)} steps before it diverged, too few norms to read; "
+            f"read the highest feasible rate below it, {below:.3g}, instead"
+        )
+        lr = below
+    same = sweep[sweep["lr"] == lr]
+    return [int(t) for t in same["trial_id"]], lr, note
 
 
 def norms_of(steps: Any, trial_ids: list[int], where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -87,9 +108,10 @@ def plan(config: Config, lr: float, thresholds: dict[float, float]) -> list[Tria
             trial_id=s * len(seeds) + k,
             lr=lr,
             seed=seed,
-            steps=train.steps,
+            steps=train.steps + train.warmup_steps,
             eval_every=train.eval_every,
             schedule=train.schedule,
+            warmup_steps=train.warmup_steps,
             clip=None if threshold is None else ClipConfig(threshold=threshold),
             columns={
                 "phase": "baseline" if threshold is None else "clip",
@@ -112,9 +134,9 @@ def run(
     if lr_run is not None:
         if lr is not None and not sweep:
             raise UserError("--lr with a run folder only sets the rate of --sweep; add --sweep, or give a CONFIG")
-        read_ids, read_lr = trials_from_run(lr_run, trial_id)
+        read_ids, read_lr, moved = trials_from_run(lr_run, trial_id)
         steps, norms = norms_of(lr_run.steps(), read_ids, str(lr_run.folder / "steps.csv"))
-        source = NormSource("run", str(lr_run.folder), read_ids, read_lr, steps, norms)
+        source = NormSource("run", str(lr_run.folder), read_ids, read_lr, steps, norms, moved)
     else:
         if lr is None:
             raise UserError("clip-report CONFIG needs --lr X: the rate at which to train and record the norms")
@@ -194,7 +216,7 @@ def _summary(ctx: Context, source: NormSource, report: NormReport, rows: list[di
     else:  # a new run folder: never overwrite the lr run this report came from
         clipped_out = shlex.quote(f"{ctx.run_root}-clip{threshold:.3g}")
         next_command = f"stabsweep lr {config_ref} --set train.clip={threshold:.4g} --out {clipped_out}"
-    warnings = []
+    warnings = [source.note] if source.note else []
     if report.non_finite_dropped:
         warnings.append(f"{report.non_finite_dropped} non-finite norms (the trial diverging) were left out")
     if report.steps_read < 100:

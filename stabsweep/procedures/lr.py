@@ -31,9 +31,10 @@ def plan(config: Config, lrs: list[float] | None = None) -> list[TrialSpec]:
             trial_id=k * len(lrs) + i,
             lr=lr,
             seed=seed,
-            steps=train.steps,
+            steps=train.steps + train.warmup_steps,
             eval_every=train.eval_every,
             schedule=train.schedule,
+            warmup_steps=train.warmup_steps,
             clip=train.clip,
             columns={"phase": "sweep"},
         )
@@ -50,12 +51,13 @@ def early_check_spec(config: Config, best_lr: float, trial_id: int) -> TrialSpec
         trial_id=trial_id,
         lr=best_lr * sweep.early_check_multiplier,
         seed=config.seed,
-        steps=min(sweep.early_check_steps, train.steps),
+        steps=min(sweep.early_check_steps, train.steps + train.warmup_steps),
         eval_every=1,
         schedule=train.schedule,
+        warmup_steps=train.warmup_steps,
         clip=train.clip,
         columns={"phase": "early_check"},
-        run_steps=train.steps,
+        run_steps=train.steps + train.warmup_steps,
     )
 
 

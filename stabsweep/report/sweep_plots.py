@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 UNSTABLE = "tab:orange"  # a feasible trial whose loss went up: drawn in this colour
+MARKERS = ("o", "s", "^", "D", "P")  # one per series when several share the axis: points at one place stay told apart
 
 
 @dataclass
@@ -100,40 +101,67 @@ def rate_axis(
     fig, axes = figure(ratios, height=(5.6 if several else 4.8) + 0.25 * (len(series) - 1))
     strip, ax = axes[0], axes[1]
     everything = [r for s in series for r in (*s.rates, *(c[0] for c in s.crosses))]
-    any_unstable = any_cross = False
+    many = len(series) > 1  # then each series has its own marker, and its unstable rate is a ▼ in its colour
+    any_unstable = any_cross = any_edge = False
     for row, s in enumerate(series):
+        marker = MARKERS[row % len(MARKERS)] if many else "o"
+        label = s.label
+        if many and s.unstable_rate is not None:
+            label += f" (unstable at {s.unstable_rate:.3g})"
         if len(s.rates):
-            ax.plot(s.rates, s.mean, "-", color=s.color, lw=1.8, label=s.label, zorder=2)
+            ax.plot(s.rates, s.mean, "-", color=s.color, lw=1.8, label=label, zorder=2)
             if s.seeds > 1:
                 ax.fill_between(s.rates, s.low, s.high, color=s.color, alpha=0.15, lw=0)
+        elif many:
+            ax.scatter([], [], marker=marker, color=s.color, label=label)
         for rate, value, unstable in s.points:
             any_unstable |= unstable
-            ax.scatter(rate, value, s=22 if s.seeds > 1 else 36, color=UNSTABLE if unstable else s.color, zorder=3)
+            if unstable and many:  # hollow, in the series' colour: several colours are taken already
+                face, edge = "white", s.color
+            else:
+                face, edge = (UNSTABLE if unstable else s.color), "none"
+            ax.scatter(
+                rate, value, s=22 if s.seeds > 1 else 36, marker=marker, c=face, edgecolors=edge, lw=1.4, zorder=3
+            )
         for rate, status in s.crosses:
             any_cross = True
-            marker = "s" if status == TrialStatus.FAILED.value else "x"
-            strip.scatter(rate, row, marker=marker, color=s.color if len(series) > 1 else "red", s=48, linewidths=2)
-        if s.unstable_rate is not None:
-            for axis in axes:
-                axis.axvline(s.unstable_rate, color=s.color if len(series) > 1 else "red", ls=":", lw=1.2)
-            ax.plot(
-                [],
-                [],
-                ls=":",
-                color=s.color if len(series) > 1 else "red",
-                label=f"unstable rate {s.unstable_rate:.3g}",
+            cross = "s" if status == TrialStatus.FAILED.value else "x"
+            strip.scatter(rate, row, marker=cross, color=s.color if many else "red", s=48, linewidths=2)
+        if s.unstable_rate is not None and many:  # lines at one rate would hide each other: a ▼ per series
+            any_edge = True
+            ax.scatter(
+                s.unstable_rate,
+                0.98 - 0.045 * row,
+                marker="v",
+                s=60,
+                color=s.color,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                zorder=4,
             )
+        elif s.unstable_rate is not None:
+            for axis in axes:
+                axis.axvline(s.unstable_rate, color="red", ls=":", lw=1.2)
+            ax.plot([], [], ls=":", color="red", label=f"unstable rate {s.unstable_rate:.3g}")
         if several and s.p_unstable:
             rates, shares = zip(*s.p_unstable, strict=True)
             axes[2].plot(rates, shares, "o-", color=s.color, ms=4, lw=1.2)
+    if any_edge:  # room above the data for a row of ▼ per series
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + (high - low) * 0.05 * (len(series) + 1))
+    best_color = "black" if many else "tab:green"
     if best is not None:
         for axis in axes:
-            axis.axvline(best, color="tab:green", ls="--", lw=1.2)
-        ax.plot([], [], ls="--", color="tab:green", label=f"{best_label} = {best:.3g}")
-    if any_unstable:
+            axis.axvline(best, color=best_color, ls="--", lw=1.2)
+        ax.plot([], [], ls="--", color=best_color, label=f"{best_label} = {best:.3g}")
+    if any_edge:
+        ax.scatter([], [], marker="v", s=60, color="0.3", label="each line's unstable rate")
+    if any_unstable and many:
+        ax.scatter([], [], c="white", edgecolors="0.3", lw=1.4, s=36, label="hollow: unstable (feasible) trial")
+    elif any_unstable:
         ax.scatter([], [], color=UNSTABLE, s=36, label="unstable (feasible) trial")
     strip.set_ylim(-0.7, len(series) - 0.3)
-    if len(series) > 1:  # a row per series, named
+    if many:  # a row per series, named
         strip.set_yticks(range(len(series)), [s.label for s in series], fontsize=7)
         for tick, s in zip(strip.get_yticklabels(), series, strict=True):
             tick.set_color(s.color)

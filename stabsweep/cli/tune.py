@@ -1,0 +1,37 @@
+"""``stabsweep tune CONFIG``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stabsweep.cli.options import CommonOptions, Session, command
+
+
+@command
+def tune(
+    config: Annotated[Path, typer.Argument(help="Sweep definition (YAML).", show_default=False)],
+    multiplier: Annotated[
+        float | None,
+        typer.Option(
+            "--multiplier",
+            min=1.0,
+            max=1e6,
+            help="Extend the confirm grid to at least this × the unstable rate (default: the warmup multiplier, 10).",
+        ),
+    ] = None,
+    *,
+    options: CommonOptions,
+) -> None:
+    """The whole procedure: lr → warmup → clip → confirm sweeps with each fix; the stability frontier and a
+    recommended config."""
+    session = Session("tune", options)
+
+    def body() -> dict:
+        from stabsweep.procedures import tune as procedure
+
+        return procedure.run(session.context(config), multiplier=multiplier)
+
+    session.execute(body)

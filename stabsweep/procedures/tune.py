@@ -1,0 +1,332 @@
+"""``stabsweep tune``: the whole procedure in one command.
+
+Stages, each written where its own command writes it (and skipped on ``--resume`` once its
+summary exists): ``lr`` (with the range test first when ``lr_sweep.lrs`` is auto) →
+``warmup`` from the lr run → ``clip-report --sweep`` from the lr run → **confirm**: one lr
+sweep per mitigation (none, the picked warmup, the picked clip threshold, both) on the lr
+grid extended upward to at least the multiplier × the unstable rate, all as one vectorized
+computation where the model allows. The choice of mitigation is ``analysis/tune.py``'s; the
+result is the stability frontier plot, ``summary.json`` and ``recommended.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stabsweep.analysis.lr import lr_findings
+from stabsweep.analysis.tune import MITIGATIONS, Choice, Mitigated, choose, describe, gains, verdict
+from stabsweep.config.schema import ClipConfig, Config
+from stabsweep.procedures import clip, lr, warmup
+from stabsweep.procedures.context import Context, seeds_of
+from stabsweep.records import TrialSpec
+from stabsweep.report import sweep_plots
+from stabsweep.report.console import print_verdict
+from stabsweep.results.runs import read_lr_run
+from stabsweep.workloads.factory import resolve_factory
+
+COMMAND = "tune"
+COLORS = {"none": "0.45", "warmup": "tab:blue", "clip": "tab:orange", "both": "tab:green"}
+
+
+def _stage(ctx: Context, name: str, run: Any) -> dict[str, Any]:
+    """Run one stage, or, on --resume, read the summary it already wrote."""
+    saved = ctx.run_root / name / "summary.json"
+    if ctx.options.resume and saved.is_file():
+        ctx.console.print(f"── {name}: finished before, read from {saved}", markup=False)
+        return json.loads(saved.read_text())
+    ctx.console.print(f"── {name}", markup=False)
+    ctx.plot_warnings.clear()  # each stage's summary carries its own plots' warnings
+    return run()
+
+
+@dataclass
+class Picked:
+    """The warmup and the clip threshold the confirm sweeps try, where each came from, and notes
+    for the user when a stage recommended nothing.
+
+    A stage that recommended nothing still gives the confirm something to try: the longest warmup
+    probed (no warmup worked at the multiplied rate, but one may well at the lower rates of the
+    grid) and the norm report's threshold (no threshold rescued the unstable rate). The confirm
+    sweeps judge them like any other."""
+
+    warmup_steps: int | None
+    clip_threshold: float | None
+    warmup_from: str = ""
+    clip_from: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def picked(run_root: Path, warmup_summary: dict[str, Any], clip_summary: dict[str, Any]) -> Picked:
+    """What the confirm sweeps try, by the rule of :class:`Picked`."""
+    notes = []
+    warmup_steps = warmup_summary.get("recommended_warmup_steps")
+    warmup_from = f"the warmup stage's pick ({run_root / 'warmup' / 'summary.json'})"
+    if warmup_steps is None and warmup_summary.get("warmup_steps_probed"):
+        warmup_steps = max(warmup_summary["warmup_steps_probed"])
+        warmup_from = f"the longest warmup probed: none worked at {warmup_summary.get('base_lr', 0):.3g}"
+        notes.append(
+            f"no warmup worked at {warmup_summary.get('base_lr', 0):.3g}; the confirm sweeps try the longest probed "
+            f"({warmup_steps} steps) at every rate"
+        )
+    elif warmup_steps == 0:
+        notes.append("no warmup needed at the warmup stage's rate: the confirm sweeps run no warmup mitigation")
+    threshold = clip_summary.get("recommended_threshold")
+    clip_from = f"the clip stage's recommended threshold ({run_root / 'clip' / 'summary.json'})"
+    if threshold is None and clip_summary.get("threshold") is not None:
+        threshold = clip_summary["threshold"]
+        percentile = f"p{clip_summary.get('percentile', 90):g}"
+        clip_from = f"{percentile} of the unclipped gradient norms: no threshold rescued the unstable rate"
+        notes.append(
+            f"no clip threshold rescued the unstable rate; the confirm sweeps try {percentile} of the norms "
+            f"({threshold:.3g}) at every rate"
+        )
+    return Picked(warmup_steps or None, threshold, warmup_from, clip_from, notes)
+
+
+def confirm_grid(lr_grid: list[float], best_lr: float, unstable: float, multiplier: float) -> list[float]:
+    """The lr grid from a decade below lr*, extended upward at its own spacing to at least
+    ``multiplier`` × the unstable rate."""
+    grid = sorted(r for r in lr_grid if r >= best_lr / 10.0001)
+    ratio = grid[-1] / grid[-2] if len(grid) > 1 else math.sqrt(10)
+    while grid[-1] < multiplier * unstable * 0.999:
+        grid.append(float(f"{grid[-1] * ratio:.6g}"))
+    return grid
+
+
+def plan(config: Config, grid: list[float], warmup_steps: int | None, threshold: float | None) -> list[TrialSpec]:
+    """Every rate and seed under every mitigation that exists (a part not found is left out)."""
+    train = config.train
+    seeds = seeds_of(config, config.lr_sweep.seeds)
+    specs = []
+    for m, name in enumerate(MITIGATIONS):
+        warm = warmup_steps if name in ("warmup", "both") else 0
+        clipped = threshold if name in ("clip", "both") else None
+        if (name in ("warmup", "both") and not warmup_steps) or (name in ("clip", "both") and not threshold):
+            continue
+        for k, seed in enumerate(seeds):
+            for i, rate in enumerate(grid):
+                specs.append(
+                    TrialSpec(
+                        trial_id=(m * len(seeds) + k) * len(grid) + i,
+                        lr=rate,
+                        seed=seed,
+                        steps=train.steps + train.warmup_steps + warm,
+                        eval_every=train.eval_every,
+                        schedule=train.schedule,
+                        warmup_steps=train.warmup_steps + warm,
+                        clip=ClipConfig(threshold=clipped) if clipped else train.clip,
+                        columns={
+                            "phase": "confirm",
+                            "mitigation": name,
+                            "warmup_steps": warm,
+                            "clip_threshold": clipped,
+                        },
+                    )
+                )
+    return specs
+
+
+def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
+    config = ctx.config
+    multiplier = multiplier or max(config.warmup_sweep.multipliers)
+    lr_summary = _stage(ctx, "lr", lambda: lr.run(ctx))
+    unstable = lr_summary.get("unstable_base_lr")
+    if unstable is None or lr_summary.get("best_lr") is None:
+        return _nothing_to_mitigate(ctx, lr_summary)
+    lr_run = read_lr_run(ctx.run_root)
+    warmup_summary = _stage(ctx, "warmup", lambda: warmup.run(ctx, float(unstable), lr_run))
+    clip_summary = _stage(
+        ctx, "clip", lambda: clip.run(ctx, lr_run, trial_id=None, lr=None, percentile=None, sweep=True)
+    )
+    pick = picked(ctx.run_root, warmup_summary, clip_summary)
+    warmup_steps, threshold, notes = pick.warmup_steps, pick.clip_threshold, pick.notes
+    for note in notes:
+        ctx.console.print(note, markup=False)
+    ctx.plot_warnings.clear()
+
+    ctx.console.print("── confirm", markup=False)
+    grid = confirm_grid(sorted(lr_run.trials()["lr"].unique()), lr_summary["best_lr"], unstable, multiplier)
+    specs = plan(config, grid, warmup_steps, threshold)
+    store = ctx.store(COMMAND)
+    names = sorted({s.columns["mitigation"] for s in specs}, key=MITIGATIONS.index)
+    ctx.run_trials(specs, ctx.job(), store, f"confirm: {len(grid)} rates × {', '.join(names)}")
+    trials, _, _ = store.finalize()
+    ctx.stop_if_nothing_trained(store, trials, COMMAND)
+
+    aggressive_fraction = config.clip_sweep.aggressive_fraction
+    mitigated = {}
+    for name in names:
+        part = trials[trials["mitigation"] == name]
+        found = lr_findings(part)
+        at_best = part[part["lr"] == found.best_lr] if found.best_lr is not None else part.iloc[:0]
+        clipped = float(at_best["clipped_fraction"].mean()) if name in ("clip", "both") and len(at_best) else None
+        aggressive = clipped is not None and clipped > aggressive_fraction
+        mitigated[name] = Mitigated(name, found, clipped, aggressive, max(grid))
+    choice = choose(mitigated)
+    range_gain, objective_gain = gains(choice)
+    chosen = choice.chosen
+    used_warmup = warmup_steps if chosen and chosen.name in ("warmup", "both") else None
+    used_clip = threshold if chosen and chosen.name in ("clip", "both") else None
+    recommended_path = store.folder / "recommended.yaml"
+    if chosen is not None and chosen.findings.best_lr is not None:
+        recommended_path.write_text(_recommended(config, store.folder, chosen, pick, choice))
+    summary = {
+        "command": COMMAND,
+        "config": config.source,
+        "multiplier": multiplier,
+        "grid": grid,
+        "before": _brief(choice.before),
+        "after": _brief(chosen) if chosen else None,
+        "chosen": chosen.name if chosen else None,
+        "mitigation": {"warmup_steps": used_warmup, "clip_threshold": used_clip},
+        "picked": {"warmup_steps": warmup_steps, "clip_threshold": threshold},
+        "stable_range_gain": range_gain,
+        "objective_gain": objective_gain,
+        "mitigations": [m.as_dict() for m in mitigated.values()],
+        "recommended_config": str(recommended_path) if recommended_path.exists() else None,
+        "verdict": verdict(choice, used_warmup, used_clip),
+        "warnings": notes,
+        "rules": {
+            "choice": choice.reason,
+            "candidates": "mitigations with a feasible best rate; clipping that bites on more than "
+            f"{aggressive_fraction:.0%} of steps at its best rate is not a candidate",
+            "stable_range_gain": "the chosen mitigation's unstable base rate ÷ none's; '>grid' when the chosen one "
+            "was stable across the whole grid",
+            "objective_gain": "relative fall of the best objective against none",
+        },
+        "next_command": f"stabsweep lr {shlex.quote(str(recommended_path))}"
+        if recommended_path.exists()
+        else f"stabsweep doctor {shlex.quote(config.source)}",
+    }
+    series = [
+        sweep_plots.series_points(
+            trials[trials["mitigation"] == name],
+            "lr",
+            m.findings.objective,
+            name,
+            COLORS[name],
+            m.findings.unstable_base_lr,
+        )
+        for name, m in mitigated.items()
+    ]
+    ctx.plot(
+        sweep_plots.rate_axis,
+        series,
+        store.folder / "plots" / "frontier.png",
+        best=chosen.findings.best_lr if chosen else None,
+        best_label=f"best rate ({chosen.name})" if chosen else "lr*",
+        title=ctx.title(COMMAND, "the stability frontier, with and without each fix"),
+        xlabel="base learning rate (log scale)",
+        ylabel=f"{mitigated['none'].findings.objective.replace('_', ' ')}",
+    )
+    summary["warnings"] += ctx.plot_warnings
+    store.write_summary(summary)
+    _report(ctx, summary, str(store.folder))
+    return summary
+
+
+def _brief(m: Mitigated) -> dict[str, Any]:
+    f = m.findings
+    return {
+        "mitigation": m.name,
+        "best_lr": f.best_lr,
+        "unstable_base_lr": f.unstable_base_lr,
+        "best_objective": f.best_objective,
+    }
+
+
+def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, choice: Choice) -> str:
+    """The user's config (the keys they wrote) with the chosen mitigation applied and the lr grid
+    centred on the new best rate, under a header that says where each value came from."""
+    best = chosen.findings.best_lr
+    warmup_steps = pick.warmup_steps if chosen.name in ("warmup", "both") else None
+    clip = pick.clip_threshold if chosen.name in ("clip", "both") else None
+    data = config.model_dump(mode="json", exclude_unset=True)
+    data["name"] = f"{config.name}-tuned"
+    train = data.setdefault("train", {})
+    train["warmup_steps"] = config.train.warmup_steps + (warmup_steps or 0)
+    if clip:
+        train["clip"] = {"threshold": float(f"{clip:.6g}")}
+    factory = data["workload"].get("factory")
+    if factory and resolve_factory(config.workload, config.source).target.partition(":")[0].endswith(".py"):
+        target = resolve_factory(config.workload, config.source).target  # relative to the new file's folder
+        path, _, function = target.rpartition(":")
+        data["workload"]["factory"] = f"{os.path.relpath(path, folder)}:{function}"
+    data.setdefault("lr_sweep", {})["lrs"] = {
+        "min": float(f"{best / 10:.3g}"),
+        "max": float(f"{best * 10:.3g}"),
+        "num": 5,
+    }
+    found = chosen.findings
+    edge = "no rate of the grid" if found.unstable_base_lr is None else f"{found.unstable_base_lr:.3g}"
+    header = [
+        f"# Recommended by stabsweep tune {config.source}: {describe(chosen.name, warmup_steps, clip)}.",
+        f"# The confirm sweeps trained it best at lr={best:.3g} ({found.objective} {found.best_objective:.4g}); "
+        f"unstable at {edge}.",
+        f"# Chosen as {choice.reason}.",
+        f"# train.warmup_steps: {train['warmup_steps']} (a linear warmup before the schedule): "
+        + (pick.warmup_from if warmup_steps else "no warmup added"),
+        "# train.clip: " + (f"{clip:.4g}, {pick.clip_from}" if clip else "as in the original config"),
+        f"# lr_sweep.lrs: a decade either side of the best rate, {best:.3g}: train with it, or sweep again with",
+        f"#   stabsweep lr {shlex.quote(str(folder / 'recommended.yaml'))}",
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False)
+
+
+def _nothing_to_mitigate(ctx: Context, lr_summary: dict[str, Any]) -> dict[str, Any]:
+    """No unstable rate in the grid (or nothing trained): a verdict, not an error."""
+    store = ctx.store(COMMAND)
+    if lr_summary.get("best_lr") is None:
+        text = "Nothing to tune: no rate of the lr sweep trained. Run stabsweep doctor to rule out a bug first."
+        next_command = f"stabsweep doctor {shlex.quote(ctx.config.source)}"
+    else:
+        text = (
+            f"Nothing to mitigate: no rate of the lr grid became unstable (best rate {lr_summary['best_lr']:.3g}). "
+            "Extend the grid upwards to find where training fails, then tune again."
+        )
+        next_command = lr_summary.get("next_command")
+    summary = {
+        "command": COMMAND,
+        "config": ctx.config.source,
+        "before": None,
+        "after": None,
+        "chosen": None,
+        "verdict": text,
+        "warnings": [],
+        "next_command": next_command,
+    }
+    store.write_summary(summary)
+    print_verdict(ctx.console, text, [], next_command, str(store.folder))
+    return summary
+
+
+def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
+    from rich.table import Table
+
+    table = Table(title="the stability frontier: each mitigation on the confirm grid", title_justify="left")
+    for name in ("mitigation", "best lr", "best objective", "unstable at", "clipped at best", "note"):
+        table.add_column(name, justify="left" if name in ("mitigation", "note") else "right")
+    for m in summary["mitigations"]:
+
+        def fmt(value: Any, spec: str = ".3g") -> str:
+            return "–" if value is None else format(value, spec)
+
+        note = "chosen" if m["mitigation"] == summary["chosen"] else ("clips most steps" if m["aggressive"] else "")
+        table.add_row(
+            m["mitigation"],
+            fmt(m["best_lr"]),
+            fmt(m["best_objective"], ".4g"),
+            fmt(m["unstable_base_lr"]),
+            fmt(m["clipped_fraction_at_best"], ".0%"),
+            note,
+        )
+    ctx.console.print(table)
+    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
