@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench smoke smoke-baseline report-screenshot clean
 
 $(RUNTIME): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -28,8 +28,21 @@ $(DEV): $(RUNTIME)
 
 setup: $(DEV)
 
-demo: $(RUNTIME)  ## the quickstart: lr sweep of an MLP on digits (under a minute on 2 cores)
-	$(PY) -m stabsweep lr configs/quickstart.yaml --force
+demo: $(RUNTIME)  ## the quickstart: tune an MLP on digits (lr, warmup, clip, confirm; under a minute on 2 cores)
+	$(PY) -m stabsweep tune configs/quickstart.yaml --force
+	$(PY) -m stabsweep report runs/digits-mlp
+
+smoke: $(RUNTIME)  ## what a CI job runs: the smoke sweep, gated on the committed baseline
+	$(PY) -m stabsweep lr configs/smoke.yaml --force --baseline configs/smoke.baseline.json \
+		--junit runs/smoke/junit.xml --markdown runs/smoke/summary.md
+
+smoke-baseline: $(RUNTIME)  ## accept the smoke sweep's current findings as the baseline
+	$(PY) -m stabsweep lr configs/smoke.yaml --force --quiet
+	cp runs/smoke/lr/summary.json configs/smoke.baseline.json
+
+report-screenshot:  ## the README's report screenshot (needs Chromium), from `make demo`'s run
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,1500 \
+		--screenshot=docs/images/report.png runs/digits-mlp/report.html
 
 test: $(DEV) lint  ## the whole suite, end-to-end runs included
 	$(PY) -m pytest -q

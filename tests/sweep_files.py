@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-EDGE_LR = 0.1  # the smoke sweep's rates above this sit on the edge of divergence (lr = 1, 30)
+EDGE_LR = 0.1  # the smoke sweep's rates above this sit on the edge of divergence (lr = 0.3 ... 10)
 
 
 def sweep_files(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

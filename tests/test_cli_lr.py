@@ -45,7 +45,7 @@ def test_smoke_sweep_writes_every_file(smoke_config, tmp_path):
     trials = pd.read_csv(folder / "trials.csv")
     steps = pd.read_csv(folder / "steps.csv")
     evals = pd.read_csv(folder / "evals.csv")
-    assert list(trials["lr"]) == [0.01, 0.1, 1.0, 30.0]
+    assert list(trials["lr"]) == [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     assert set(steps.columns) >= {"trial_id", "step", "lr", "train_loss", "grad_norm", "clipped"}
     assert set(evals.columns) >= {"trial_id", "step", "eval_loss", "eval_accuracy"}
     # every trial with a non-finite loss is marked diverged, stopped at that step
@@ -55,7 +55,7 @@ def test_smoke_sweep_writes_every_file(smoke_config, tmp_path):
         if not np.isfinite(part["train_loss"]).all():
             assert row["status"] == "diverged"
             assert row["diverged_step"] == part["step"].iloc[-1]
-    assert trials.set_index("lr").loc[30.0, "status"] == "diverged"
+    assert trials.set_index("lr").loc[10.0, "status"] == "diverged"
     # the findings follow the rules applied to trials.csv
     feasible = trials[trials["status"].isin(["ok", "unstable"])]
     assert summary["best_lr"] == feasible.loc[feasible["best_eval_loss"].idxmin(), "lr"]

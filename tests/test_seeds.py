@@ -123,7 +123,7 @@ def test_a_trial_with_seed_k_is_the_training_of_a_one_seed_sweep_with_seed_k(smo
     one = runner.invoke(app, ["lr", str(smoke_config), "--out", str(tmp_path / "one"), "-q", "--set", "seed=2"])
     assert many.exit_code == 0 and one.exit_code == 0, many.output + one.output
     trials = pd.read_csv(tmp_path / "many" / "lr" / "trials.csv")
-    assert sorted(trials["seed"].unique()) == [0, 1, 2] and len(trials) == 12
+    assert sorted(trials["seed"].unique()) == [0, 1, 2] and len(trials) == 3 * 6
     steps = pd.read_csv(tmp_path / "many" / "lr" / "steps.csv")
     single_trials = pd.read_csv(tmp_path / "one" / "lr" / "trials.csv")
     single_steps = pd.read_csv(tmp_path / "one" / "lr" / "steps.csv")

@@ -317,3 +317,14 @@ def test_kill_9_during_tune_resumes_with_nothing_lost(tmp_path, smoke_config, sm
     pd.testing.assert_frame_equal(
         got[columns].reset_index(drop=True), want[columns].reset_index(drop=True), check_exact=False, rtol=1e-5
     )
+
+
+def test_tune_is_gated_on_its_chosen_mitigation(smoke_run, tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text((smoke_run / "tune" / "summary.json").read_text())
+    args = ["tune", str(ROOT / "configs" / "smoke.yaml"), "--out", str(smoke_run), "--resume", "--baseline"]
+    result = runner.invoke(app, [*args, str(baseline)])
+    assert result.exit_code == 0, result.output
+    assert "stability gate against" in result.output
+    summary = json.loads((smoke_run / "tune" / "summary.json").read_text())
+    assert summary["gate"]["passed"] and summary["stability"]["setup"]["mitigation"] == summary["chosen"]

@@ -96,6 +96,13 @@ def find_suggestions(
     return found
 
 
+def lowest_loss(found: RangeFindings) -> float | None:
+    """The lowest finite smoothed loss before the stop: what the gate compares between range tests."""
+    end = len(found.smoothed) if found.stop_step is None else found.stop_step - 1
+    finite = found.smoothed[:end][np.isfinite(found.smoothed[:end])]
+    return float(finite.min()) if finite.size else None
+
+
 def _descent(values: np.ndarray) -> tuple[int, int]:
     """First and last index of the descent into the lowest value: it starts at the last point
     before the minimum that stood within ``PLATEAU`` of the drop from the start."""

@@ -54,6 +54,7 @@ class Mitigated:
             "clipped_fraction_at_best": self.clipped_fraction,
             "aggressive": self.aggressive,
             "warnings": f.warnings,
+            "rates": f.rates,
         }
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli.options import CommonOptions, Session, command
+from stabsweep.cli.options import CiOptions, CommonOptions, Session, command
 
 
 @command
@@ -15,6 +15,7 @@ def find(
     config: Annotated[Path, typer.Argument(help="Sweep definition (YAML).", show_default=False)],
     *,
     options: CommonOptions,
+    ci: CiOptions,
 ) -> None:
     """Range test: one short run with a growing rate; suggestions and a grid for `lr` (lr_sweep.lrs: auto)."""
     session = Session("find", options)
@@ -22,6 +23,7 @@ def find(
     def body() -> dict:
         from stabsweep.procedures import find as procedure
 
-        return procedure.run(session.context(config))
+        ctx = session.context(config)
+        return session.gated(ci, lambda: procedure.run(ctx))
 
     session.execute(body)

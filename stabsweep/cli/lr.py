@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli.options import CommonOptions, Session, command
+from stabsweep.cli.options import CiOptions, CommonOptions, Session, command
 
 
 @command
@@ -21,6 +21,7 @@ def lr(
     ] = False,
     *,
     options: CommonOptions,
+    ci: CiOptions,
 ) -> None:
     """Learning-rate sweep: find the best rate (lr*) and the rate where training becomes unstable."""
     session = Session("lr", options)
@@ -28,6 +29,7 @@ def lr(
     def body() -> dict:
         from stabsweep.procedures import lr as procedure
 
-        return procedure.run(session.context(config), early_check=early_check)
+        ctx = session.context(config)
+        return session.gated(ci, lambda: procedure.run(ctx, early_check=early_check))
 
     session.execute(body)

@@ -127,21 +127,55 @@ class Group(_FlagsWithoutType, TyperGroup):
     """The ``stabsweep`` group itself."""
 
 
+@dataclasses.dataclass
+class CiOptions:
+    """What the gated commands (lr, tune, find) take for CI: a baseline, and CI's formats."""
+
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="A summary.json (or run folder) to compare with; exit 3 when this run is less stable (gate: in the "
+            "config).",
+        ),
+    ] = None
+    baseline_any: Annotated[
+        bool, typer.Option("--baseline-any", help="Compare with a baseline of another workload, grid or length.")
+    ] = False
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="Write JUnit XML: a test case per gate criterion and per trial.")
+    ] = None
+    markdown: Annotated[
+        Path | None,
+        typer.Option("--markdown", help="Write the Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)."),
+    ] = None
+
+
+OPTION_GROUPS = {"options": CommonOptions, "ci": CiOptions}  # parameter name -> the dataclass it receives
+
+
 def command(body: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``body`` (which takes ``options: CommonOptions`` and its own options) every common option."""
-    own = [p for p in inspect.signature(body, eval_str=True).parameters.values() if p.name != "options"]
-    hints = typing.get_type_hints(CommonOptions, include_extras=True)
-    common = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-        for f in dataclasses.fields(CommonOptions)
-    ]
+    """Give ``body`` every option of the groups it takes (``options: CommonOptions``, and
+    ``ci: CiOptions`` for the gated commands) beside its own."""
+    signature = inspect.signature(body, eval_str=True)
+    groups = {name: cls for name, cls in OPTION_GROUPS.items() if name in signature.parameters}
+    own = [p for p in signature.parameters.values() if p.name not in groups]
+    shared = []
+    for cls in groups.values():
+        hints = typing.get_type_hints(cls, include_extras=True)
+        shared += [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+            for f in dataclasses.fields(cls)
+        ]
 
     @functools.wraps(body)
     def wrapper(**kwargs: Any) -> Any:
-        options = CommonOptions(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(CommonOptions)})
-        return body(options=options, **kwargs)
+        built = {
+            name: cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)}) for name, cls in groups.items()
+        }
+        return body(**built, **kwargs)
 
-    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + common
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
@@ -171,6 +205,13 @@ class Session:
         )
         self.ctx = Context(config, run_options, make_console(quiet=run_options.quiet))
         return self.ctx
+
+    def gated(self, ci: CiOptions, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a gated command's procedure under its CI options (procedures/ci.py)."""
+        from stabsweep.procedures.ci import CiRequest, run_gated
+
+        request = CiRequest(ci.baseline, ci.baseline_any, ci.junit, ci.markdown)
+        return run_gated(self.ctx, self.name, run, request)
 
     def execute(self, body: Callable[[], dict[str, Any]]) -> None:
         """Run a command body and turn its outcome into output and an exit code."""

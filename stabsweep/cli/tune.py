@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli.options import CommonOptions, Session, command
+from stabsweep.cli.options import CiOptions, CommonOptions, Session, command
 
 
 @command
@@ -24,6 +24,7 @@ def tune(
     ] = None,
     *,
     options: CommonOptions,
+    ci: CiOptions,
 ) -> None:
     """The whole procedure: lr → warmup → clip → confirm sweeps with each fix; the stability frontier and a
     recommended config."""
@@ -32,6 +33,7 @@ def tune(
     def body() -> dict:
         from stabsweep.procedures import tune as procedure
 
-        return procedure.run(session.context(config), multiplier=multiplier)
+        ctx = session.context(config)
+        return session.gated(ci, lambda: procedure.run(ctx, multiplier=multiplier))
 
     session.execute(body)

@@ -301,6 +301,13 @@ class DetectConfig(_Strict):
         return self
 
 
+class GateConfig(_Strict):
+    """What ``--baseline`` fails a run on (docs/contract.md, "The stability gate")."""
+
+    unstable_factor: Float = Field(2.0, ge=1.0, le=MAX_LR)  # the unstable base rate may fall at most this factor
+    objective_tolerance: Float = Field(0.05, ge=0.0, le=1e6)  # the best objective may get this much worse (relative)
+
+
 class RayConfig(_Strict):
     """Where the ray executor runs and what each of its tasks asks for."""
 
@@ -333,6 +340,7 @@ class Config(_Strict):
     warmup_sweep: WarmupSweepConfig = Field(default_factory=WarmupSweepConfig)
     clip_sweep: ClipSweepConfig = Field(default_factory=ClipSweepConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     _source: str = PrivateAttr(default="<config>")

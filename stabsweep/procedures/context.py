@@ -124,6 +124,11 @@ class Context:
         prune(checkpoints, store.completed)
         return results
 
+    def setup(self, **what: Any) -> dict[str, Any]:
+        """What makes two runs comparable for the stability gate: the workload, and ``what`` (the
+        length, the seeds) of the command."""
+        return {"workload": self.config.workload.model_dump(mode="json", exclude_none=True), **what}
+
     def title(self, command: str, what: str) -> str:
         """A plot's title: the run and the command, then what it shows."""
         return f"{self.config.name} · {command}: {what}"

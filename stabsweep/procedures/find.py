@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from stabsweep.analysis.find import against_full_training, find_suggestions, lr_grid, median_curve, smoothed, verdict
+from stabsweep.analysis.find import (
+    against_full_training,
+    find_suggestions,
+    lowest_loss,
+    lr_grid,
+    median_curve,
+    smoothed,
+    verdict,
+)
+from stabsweep.analysis.gate import range_stability
 from stabsweep.config.schema import Config, ScheduleConfig
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context, seeds_of
@@ -115,7 +124,8 @@ def _against_lr_run(ctx: Context, divergence: float | None) -> str | None:
 
 def _write_steps(store: Any, trials: Any, steps: Any, evals: Any, beta: float) -> None:
     """steps.csv of a range test: with the seed, the smoothed loss and the eval loss where measured."""
-    steps = steps.merge(trials[["trial_id", "seed"]], on="trial_id", how="left")
+    derived = [c for c in ("seed", "smoothed_loss", "eval_loss") if c in steps]  # written here by an earlier run
+    steps = steps.drop(columns=derived).merge(trials[["trial_id", "seed"]], on="trial_id", how="left")
     steps["smoothed_loss"] = np.concatenate(
         [smoothed(part["train_loss"].to_numpy(dtype=float), beta) for _, part in steps.groupby("trial_id", sort=False)]
     )
@@ -158,6 +168,12 @@ def _summary(ctx: Context, found: Any, suggested: float | None, grid: dict, comp
             "skip_begin": f"the first {find.skip_begin} steps are left out of the suggestions",
             "lr_grid": "100× below the suggestion to 3× past the divergence, two rates per decade",
         },
+        "stability": range_stability(
+            suggested,
+            found.divergence_lr,
+            lowest_loss(found),
+            ctx.setup(steps=find.steps, seeds=find.seeds, min_lr=find.min_lr, max_lr=find.max_lr),
+        ),
         "next_command": next_command,
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from stabsweep.analysis.gate import stability_block
 from stabsweep.analysis.lr import LrFindings, lr_findings, verdict
 from stabsweep.config.schema import Config
 from stabsweep.procedures.context import Context, seeds_of
@@ -202,6 +203,14 @@ def _summary(
             "detect": ctx.config.detect.model_dump(),
         },
         "lr_grid_source": "config",
+        "stability": stability_block(
+            found.best_lr,
+            found.unstable_base_lr,
+            found.best_objective,
+            found.objective,
+            found.rates,
+            ctx.setup(steps=ctx.config.train.steps + ctx.config.train.warmup_steps, seeds=ctx.config.lr_sweep.seeds),
+        ),
         "next_command": next_command(ctx, found, grid),
     }
 

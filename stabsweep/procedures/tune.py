@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from stabsweep.analysis.gate import stability_block
 from stabsweep.analysis.lr import lr_findings
 from stabsweep.analysis.tune import MITIGATIONS, Choice, Mitigated, choose, describe, gains, verdict
 from stabsweep.config.schema import ClipConfig, Config
@@ -192,6 +193,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         "objective_gain": objective_gain,
         "mitigations": [m.as_dict() for m in mitigated.values()],
         "recommended_config": str(recommended_path) if recommended_path.exists() else None,
+        "stability": _stability(ctx, chosen or choice.before, config.train.steps + config.train.warmup_steps),
         "verdict": verdict(choice, used_warmup, used_clip),
         "warnings": notes,
         "rules": {
@@ -231,6 +233,13 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
     store.write_summary(summary)
     _report(ctx, summary, str(store.folder))
     return summary
+
+
+def _stability(ctx: Context, m: Mitigated, steps: int) -> dict[str, Any]:
+    """The gate compares the chosen mitigation's findings (or plain training's when none trained)."""
+    f = m.findings
+    setup = ctx.setup(steps=steps, seeds=ctx.config.lr_sweep.seeds, mitigation=m.name)
+    return stability_block(f.best_lr, f.unstable_base_lr, f.best_objective, f.objective, f.rates, setup)
 
 
 def _brief(m: Mitigated) -> dict[str, Any]:
