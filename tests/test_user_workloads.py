@@ -1,6 +1,7 @@
 """Workloads written the way users write them: a sequence model whose loss_fn reshapes targets,
-metrics of their own, a loss that raises part-way, a factory bug. A side metric never fails a
-trial; a trial that raises keeps the steps it ran; a sweep where nothing trains ends with exit 3."""
+a model that returns (logits, loss), metrics of their own, a loss that raises part-way, a
+factory bug. A side metric never fails a trial; a trial that raises keeps the steps it ran; a
+sweep where nothing trains ends with exit 3."""
 
 from __future__ import annotations
 
@@ -213,3 +214,40 @@ def test_when_nothing_trains_the_command_writes_its_files_quotes_the_error_once_
     assert json.loads((folder / "summary.json").read_text()) == summary
     trials = pd.read_csv(folder / "trials.csv")
     assert (trials["status"] == "failed").all()
+
+
+class WithLoss(nn.Module):
+    """nanoGPT's convention: ``forward(tokens, targets)`` returns ``(logits, loss)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = NextToken(flat=True)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.net(tokens)
+        loss = None if targets is None else flat_cross_entropy(logits, targets)
+        return logits, loss
+
+
+def tuple_loss_workload(seed: int) -> Workload:
+    base = sequence_workload(seed)
+    torch.manual_seed(seed)
+    return Workload(WithLoss(), base.train_data, eval_data=base.eval_data, loss=lambda model, batch: model(*batch)[1])
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "sequential"])
+def test_a_loss_that_is_the_second_of_a_tuple_trains_as_a_plain_loop(engine):
+    results = sweep(tuple_loss_workload, 1e-3, 3e-2, engine=engine)
+    assert all(r.status is TrialStatus.OK for r in results), [r.reason for r in results]
+    for result in results:
+        workload = tuple_loss_workload(0)
+        optimizer = torch.optim.Adam(workload.model.parameters(), lr=result.spec.lr)
+        want = []
+        for inputs, targets in workload.train_data:
+            loss = workload.model(inputs, targets)[1]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            want.append(loss.item())
+        np.testing.assert_allclose(result.steps.train_loss[:8], want[:8], rtol=1e-5)
+        assert result.best_eval_loss is not None and result.best_eval_loss < result.steps.train_loss[0]

@@ -1,6 +1,6 @@
 """Clipping: a threshold from logged *unclipped* gradient norms, and what a clip sweep rescued.
 
-The rules (README, "Detection rules"):
+The rules (docs/contract.md, "Detection rules"):
 
 - the threshold is a percentile (p90 by default) of the logged unclipped norms;
 - in the norm report, the clipped share is the share of those logged steps above the

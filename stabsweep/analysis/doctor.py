@@ -1,4 +1,4 @@
-"""The doctor's checks: is the model even correct, before any sweep? (README, "stabsweep doctor")
+"""The doctor's checks: is the model even correct, before any sweep? (docs/contract.md, "Detection rules")
 
 Each check turns one measurement into a status: ``pass``, ``warn`` or ``fail``, with the value
 measured, what was expected, and one line of advice. A check that does not apply to the

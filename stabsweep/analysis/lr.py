@@ -1,6 +1,6 @@
 """What an lr sweep found: ``best_lr``, ``unstable_base_lr``, the per-rate table and the warnings.
 
-The rules (README, "Detection rules"), for a sweep of one or several seeds per rate:
+The rules (docs/contract.md, "Detection rules"), for a sweep of one or several seeds per rate:
 
 - a rate is *feasible* when every seed's trial is ok or unstable (and has an objective);
 - ``best_lr`` is the feasible rate with the lowest mean objective over its seeds;

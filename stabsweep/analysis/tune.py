@@ -42,13 +42,21 @@ class Mitigated:
         """Its unstable base rate, or past the grid's top when none was found."""
         return self.findings.unstable_base_lr or self.top_rate * 10
 
-    def as_dict(self) -> dict[str, Any]:
+    def brief(self) -> dict[str, Any]:
+        """What summary.json's ``before`` and ``after`` hold."""
         f = self.findings
         return {
             "mitigation": self.name,
             "best_lr": f.best_lr,
-            "best_objective": f.best_objective,
             "unstable_base_lr": f.unstable_base_lr,
+            "best_objective": f.best_objective,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """One entry of summary.json's ``mitigations``."""
+        f = self.findings
+        return {
+            **self.brief(),
             "unstable_kind": f.unstable_kind,
             "p_unstable": f.p_unstable,
             "clipped_fraction_at_best": self.clipped_fraction,

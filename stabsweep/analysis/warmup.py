@@ -1,6 +1,6 @@
 """What a warmup sweep found: the warmup to recommend, and how its full-length run compares.
 
-The rules (README, "Detection rules"), per base rate:
+The rules (docs/contract.md, "Detection rules"), per base rate:
 
 - a warmup length *works* when every seed's probe with it is ok;
 - when the no-warmup baseline works already, no warmup is needed at that rate;

@@ -281,7 +281,7 @@ class ClipSweepConfig(_Strict):
 
 
 class DetectConfig(_Strict):
-    """Thresholds of the detection rules; the README's "Detection rules" explains each."""
+    """Thresholds of the detection rules; docs/contract.md, "Detection rules", explains each."""
 
     divergence_factor: Float = Field(4.0, gt=1, le=1e6)  # diverged: loss > this × initial loss
     smoothing: Int = Field(20, ge=1, le=MAX_STEPS)  # EMA span (steps) of the smoothed training loss

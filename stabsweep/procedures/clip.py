@@ -27,10 +27,10 @@ from stabsweep.analysis.clip import sweep_rows as settings_of
 from stabsweep.analysis.clip import verdict as clip_verdict
 from stabsweep.config.schema import ClipConfig, Config
 from stabsweep.errors import UserError
-from stabsweep.procedures.context import Context, seeds_of
+from stabsweep.procedures.context import Context, full_run, seeds_of
 from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
-from stabsweep.report.console import print_verdict, trials_table
+from stabsweep.report.console import trials_table
 from stabsweep.results.runs import LrRun
 
 COMMAND = "clip"
@@ -100,24 +100,20 @@ def norms_of(steps: Any, trial_ids: list[int], where: str) -> tuple[np.ndarray, 
 
 def plan(config: Config, lr: float, thresholds: dict[float, float]) -> list[TrialSpec]:
     """Unclipped baselines first (one per seed), then each candidate threshold per seed, all at ``lr``."""
-    train = config.train
     settings = [(None, None), *sorted(thresholds.items())]
     seeds = seeds_of(config, config.clip_sweep.seeds)
     return [
-        TrialSpec(
-            trial_id=s * len(seeds) + k,
-            lr=lr,
-            seed=seed,
-            steps=train.steps + train.warmup_steps,
-            eval_every=train.eval_every,
-            schedule=train.schedule,
-            warmup_steps=train.warmup_steps,
-            clip=None if threshold is None else ClipConfig(threshold=threshold),
-            columns={
+        full_run(
+            config,
+            s * len(seeds) + k,
+            lr,
+            seed,
+            {
                 "phase": "baseline" if threshold is None else "clip",
                 "clip_percentile": percentile,
                 "clip_threshold": threshold,
             },
+            clip=None if threshold is None else ClipConfig(threshold=threshold),
         )
         for s, (percentile, threshold) in enumerate(settings)
         for k, seed in enumerate(seeds)
@@ -310,4 +306,4 @@ def _report(ctx: Context, source: NormSource, report: NormReport, summary: dict[
                 marks[row["trial_id"]] = "rescued" + (" (recommended)" if row["clip_percentile"] == pick else "")
         columns = ["clip_percentile", "clip_threshold", "status", "clipped_fraction", "best_eval_loss", "reason"]
         ctx.console.print(trials_table(frame, columns, "clip sweep (no percentile = unclipped baseline)", marks))
-    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+    ctx.verdict(summary, folder)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stabsweep.engine.executors import LocalExecutor, ProcessExecutor
 from stabsweep.errors import RunFailed, UserError
-from stabsweep.records import TrialJob
+from stabsweep.records import TrialJob, TrialSpec
 from stabsweep.results.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -20,12 +20,47 @@ if TYPE_CHECKING:
 
     from stabsweep.config.schema import Config
     from stabsweep.engine.ray_executor import RayExecutor
-    from stabsweep.records import TrialResult, TrialSpec
+    from stabsweep.records import TrialResult
 
 
 def seeds_of(config: Config, count: int) -> list[int]:
     """The seeds of a sweep of ``count`` seeds per setting: seed, seed + 1, ..., seed + count − 1."""
     return [config.seed + k for k in range(count)]
+
+
+_KEEP = object()  # full_run's default: the config's own clipping
+
+
+def full_run(
+    config: Config,
+    trial_id: int,
+    lr: float,
+    seed: int,
+    columns: dict[str, Any],
+    *,
+    warmup: int = 0,
+    clip: Any = _KEEP,
+    steps: int | None = None,
+) -> TrialSpec:
+    """A trial that trains the config's own run: its schedule after ``train.warmup_steps`` plus
+    ``warmup`` more steps of linear warmup (so ``train.steps`` + both in all), its eval cadence
+    and its clipping unless ``clip`` replaces it (None: unclipped). ``steps`` cuts the run short
+    (the early check) without changing the schedule it follows."""
+    train = config.train
+    ramp = train.warmup_steps + warmup
+    length = train.steps + ramp
+    return TrialSpec(
+        trial_id=trial_id,
+        lr=lr,
+        seed=seed,
+        steps=length if steps is None else min(steps, length),
+        eval_every=train.eval_every,
+        schedule=train.schedule,
+        warmup_steps=ramp,
+        clip=train.clip if clip is _KEEP else clip,
+        columns=columns,
+        run_steps=length if steps is not None else None,
+    )
 
 
 @dataclass
@@ -43,6 +78,7 @@ class Context:
     console: Console
     told: set[str] = field(default_factory=set)  # engine notes already printed: say each once
     plot_warnings: list[str] = field(default_factory=list)  # plots that could not be drawn, and why
+    within: str | None = None  # the command running this one as a stage (tune): it names the next step itself
 
     @property
     def run_root(self) -> Path:
@@ -128,6 +164,13 @@ class Context:
         """What makes two runs comparable for the stability gate: the workload, and ``what`` (the
         length, the seeds) of the command."""
         return {"workload": self.config.workload.model_dump(mode="json", exclude_none=True), **what}
+
+    def verdict(self, summary: dict[str, Any], folder: str) -> None:
+        """Print a command's verdict, warnings and next command (not when it runs as a stage of another)."""
+        from stabsweep.report.console import print_verdict
+
+        next_command = None if self.within else summary["next_command"]
+        print_verdict(self.console, summary["verdict"], summary["warnings"], next_command, folder)
 
     def title(self, command: str, what: str) -> str:
         """A plot's title: the run and the command, then what it shows."""

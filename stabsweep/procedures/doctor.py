@@ -25,7 +25,6 @@ from stabsweep.errors import RunFailed, UserError
 from stabsweep.procedures.context import Context
 from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots
-from stabsweep.report.console import print_verdict
 from stabsweep.training import diagnostics
 from stabsweep.training.common import to_device, where_raised
 from stabsweep.workloads.base import Workload
@@ -212,4 +211,4 @@ def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
     for c in summary["checks"]:
         table.add_row(c["name"], f"[{style[c['status']]}]{c['status']}[/]", c["measured"], c["expected"], c["advice"])
     ctx.console.print(table)
-    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+    ctx.verdict(summary, folder)

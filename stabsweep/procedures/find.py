@@ -29,7 +29,6 @@ from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context, seeds_of
 from stabsweep.records import TrialSpec
 from stabsweep.report import plots
-from stabsweep.report.console import print_verdict
 
 COMMAND = "find"
 
@@ -189,4 +188,4 @@ def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
     if summary["divergence_lr"] is not None:
         table.add_row("divergence", f"{summary['divergence_lr']:.3g}", f"step {summary['stop_step']}")
     ctx.console.print(table)
-    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+    ctx.verdict(summary, folder)

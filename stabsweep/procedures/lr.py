@@ -7,16 +7,17 @@ every step, to catch the early instability that a coarse eval cadence hides.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from typing import Any
 
 from stabsweep.analysis.gate import stability_block
 from stabsweep.analysis.lr import LrFindings, lr_findings, verdict
 from stabsweep.config.schema import Config
-from stabsweep.procedures.context import Context, seeds_of
+from stabsweep.procedures.context import Context, full_run, seeds_of
 from stabsweep.records import TrialSpec, TrialStatus
 from stabsweep.report import plots, sweep_plots
-from stabsweep.report.console import print_verdict, trials_table
+from stabsweep.report.console import trials_table
 
 COMMAND = "lr"
 
@@ -25,41 +26,27 @@ def plan(config: Config, lrs: list[float] | None = None) -> list[TrialSpec]:
     """One trial per learning rate and seed; all share steps, schedule and clipping. Trials are
     numbered seed by seed (rate i of seed k is trial k × rates + i), so adding seeds to a
     sweep leaves the finished trials' numbers as they were."""
-    train = config.train
     lrs = lrs or config.lr_sweep.values()
     return [
-        TrialSpec(
-            trial_id=k * len(lrs) + i,
-            lr=lr,
-            seed=seed,
-            steps=train.steps + train.warmup_steps,
-            eval_every=train.eval_every,
-            schedule=train.schedule,
-            warmup_steps=train.warmup_steps,
-            clip=train.clip,
-            columns={"phase": "sweep"},
-        )
+        full_run(config, k * len(lrs) + i, lr, seed, {"phase": "sweep"})
         for k, seed in enumerate(seeds_of(config, config.lr_sweep.seeds))
         for i, lr in enumerate(lrs)
     ]
 
 
 def early_check_spec(config: Config, best_lr: float, trial_id: int) -> TrialSpec:
-    """The first ``early_check_steps`` of the real run (its full schedule, cut) at
+    """The first ``early_check_steps`` of the real run (its full-length schedule, cut) at
     ``early_check_multiplier`` × lr*, evaluated every step."""
-    sweep, train = config.lr_sweep, config.train
-    return TrialSpec(
-        trial_id=trial_id,
-        lr=best_lr * sweep.early_check_multiplier,
-        seed=config.seed,
-        steps=min(sweep.early_check_steps, train.steps + train.warmup_steps),
-        eval_every=1,
-        schedule=train.schedule,
-        warmup_steps=train.warmup_steps,
-        clip=train.clip,
-        columns={"phase": "early_check"},
-        run_steps=train.steps + train.warmup_steps,
+    sweep = config.lr_sweep
+    spec = full_run(
+        config,
+        trial_id,
+        best_lr * sweep.early_check_multiplier,
+        config.seed,
+        {"phase": "early_check"},
+        steps=sweep.early_check_steps,
     )
+    return dataclasses.replace(spec, eval_every=1)
 
 
 def grid_of(ctx: Context) -> tuple[list[float], dict[str, Any] | None]:
@@ -266,7 +253,7 @@ def _report(ctx: Context, sweep: Any, found: LrFindings, summary: dict[str, Any]
             f"Early check at lr={early['lr']:g} (the first {early['steps']} of {early['of_steps']} steps, "
             f"eval every step): {early['status']} — {early['reason']}"
         )
-    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+    ctx.verdict(summary, folder)
 
 
 def rates_table(found: LrFindings) -> Any:

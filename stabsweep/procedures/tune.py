@@ -26,7 +26,7 @@ from stabsweep.analysis.lr import lr_findings
 from stabsweep.analysis.tune import MITIGATIONS, Choice, Mitigated, choose, describe, gains, verdict
 from stabsweep.config.schema import ClipConfig, Config
 from stabsweep.procedures import clip, lr, warmup
-from stabsweep.procedures.context import Context, seeds_of
+from stabsweep.procedures.context import Context, full_run, seeds_of
 from stabsweep.records import TrialSpec
 from stabsweep.report import sweep_plots
 from stabsweep.report.console import print_verdict
@@ -45,7 +45,11 @@ def _stage(ctx: Context, name: str, run: Any) -> dict[str, Any]:
         return json.loads(saved.read_text())
     ctx.console.print(f"── {name}", markup=False)
     ctx.plot_warnings.clear()  # each stage's summary carries its own plots' warnings
-    return run()
+    ctx.within = COMMAND
+    try:
+        return run()
+    finally:
+        ctx.within = None
 
 
 @dataclass
@@ -114,24 +118,10 @@ def plan(config: Config, grid: list[float], warmup_steps: int | None, threshold:
             continue
         for k, seed in enumerate(seeds):
             for i, rate in enumerate(grid):
-                specs.append(
-                    TrialSpec(
-                        trial_id=(m * len(seeds) + k) * len(grid) + i,
-                        lr=rate,
-                        seed=seed,
-                        steps=train.steps + train.warmup_steps + warm,
-                        eval_every=train.eval_every,
-                        schedule=train.schedule,
-                        warmup_steps=train.warmup_steps + warm,
-                        clip=ClipConfig(threshold=clipped) if clipped else train.clip,
-                        columns={
-                            "phase": "confirm",
-                            "mitigation": name,
-                            "warmup_steps": warm,
-                            "clip_threshold": clipped,
-                        },
-                    )
-                )
+                columns = {"phase": "confirm", "mitigation": name, "warmup_steps": warm, "clip_threshold": clipped}
+                clip = ClipConfig(threshold=clipped) if clipped else train.clip
+                trial_id = (m * len(seeds) + k) * len(grid) + i
+                specs.append(full_run(config, trial_id, rate, seed, columns, warmup=warm, clip=clip))
     return specs
 
 
@@ -184,8 +174,8 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         "config": config.source,
         "multiplier": multiplier,
         "grid": grid,
-        "before": _brief(choice.before),
-        "after": _brief(chosen) if chosen else None,
+        "before": choice.before.brief(),
+        "after": chosen.brief() if chosen else None,
         "chosen": chosen.name if chosen else None,
         "mitigation": {"warmup_steps": used_warmup, "clip_threshold": used_clip},
         "picked": {"warmup_steps": warmup_steps, "clip_threshold": threshold},
@@ -240,16 +230,6 @@ def _stability(ctx: Context, m: Mitigated, steps: int) -> dict[str, Any]:
     f = m.findings
     setup = ctx.setup(steps=steps, seeds=ctx.config.lr_sweep.seeds, mitigation=m.name)
     return stability_block(f.best_lr, f.unstable_base_lr, f.best_objective, f.objective, f.rates, setup)
-
-
-def _brief(m: Mitigated) -> dict[str, Any]:
-    f = m.findings
-    return {
-        "mitigation": m.name,
-        "best_lr": f.best_lr,
-        "unstable_base_lr": f.unstable_base_lr,
-        "best_objective": f.best_objective,
-    }
 
 
 def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, choice: Choice) -> str:
@@ -338,4 +318,4 @@ def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
             note,
         )
     ctx.console.print(table)
-    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+    ctx.verdict(summary, folder)

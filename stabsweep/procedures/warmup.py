@@ -17,10 +17,10 @@ from typing import Any
 from stabsweep.analysis.warmup import WarmupPick, confirm_summary, picks, verdict
 from stabsweep.config.schema import Config, ScheduleConfig
 from stabsweep.errors import UserError
-from stabsweep.procedures.context import Context, seeds_of
+from stabsweep.procedures.context import Context, full_run, seeds_of
 from stabsweep.records import TrialSpec
 from stabsweep.report import plots, sweep_plots
-from stabsweep.report.console import print_verdict, trials_table
+from stabsweep.report.console import trials_table
 from stabsweep.results.runs import LrRun
 
 COMMAND = "warmup"
@@ -81,27 +81,19 @@ def plan(config: Config, unstable_base_lr: float) -> WarmupPlan:
 def confirm_specs(
     config: Config, base_lr: float, multiplier: float, warmup_steps: int, attempt: int
 ) -> list[TrialSpec]:
-    """The full run, every seed: the config's own schedule with the warmup prepended (train.steps + warmup)."""
-    train = config.train
+    """The full run, every seed: the config's own schedule with the warmup prepended (train.steps + warmup).
+    The warmup found here replaces any ``train.warmup_steps`` of the config: it is what is being tried."""
+    config = config.model_copy(update={"train": config.train.model_copy(update={"warmup_steps": 0})})
     seeds = seeds_of(config, config.warmup_sweep.seeds)
+    columns = {
+        "phase": "confirm",
+        "multiplier": multiplier,
+        "base_lr": base_lr,
+        "warmup_steps": warmup_steps,
+        "post_warmup_steps": config.train.steps,
+    }
     return [
-        TrialSpec(
-            trial_id=CONFIRM_IDS + attempt * len(seeds) + k,
-            lr=base_lr,
-            seed=seed,
-            steps=train.steps + warmup_steps,
-            eval_every=train.eval_every,
-            schedule=train.schedule,
-            warmup_steps=warmup_steps,
-            clip=train.clip,
-            columns={
-                "phase": "confirm",
-                "multiplier": multiplier,
-                "base_lr": base_lr,
-                "warmup_steps": warmup_steps,
-                "post_warmup_steps": train.steps,
-            },
-        )
+        full_run(config, CONFIRM_IDS + attempt * len(seeds) + k, base_lr, seed, columns, warmup=warmup_steps)
         for k, seed in enumerate(seeds)
     ]
 
@@ -254,4 +246,4 @@ def _report(ctx: Context, trials: Any, summary: dict[str, Any], folder: str) -> 
     if ctx.config.warmup_sweep.seeds == 1:
         columns.remove("seed")
     ctx.console.print(trials_table(trials, columns, "warmup sweep", marks))
-    print_verdict(ctx.console, summary["verdict"], summary["warnings"], summary["next_command"], folder)
+    ctx.verdict(summary, folder)
