@@ -21,6 +21,8 @@ from stabsweep.engine.runner import run_trials
 from stabsweep.records import TrialJob, TrialSpec, TrialStatus
 from stabsweep.training.common import classifies
 
+from . import reference
+
 runner = CliRunner()
 VOCAB, LENGTH = 12, 8
 
@@ -76,19 +78,8 @@ def sweep(factory, *lrs: float, steps: int = 60, engine: str = "auto"):
 
 
 def plain_losses(factory, lr: float, steps: int) -> np.ndarray:
-    workload = factory(0)
-    optimizer = torch.optim.Adam(workload.model.parameters(), lr=lr)
-    losses = []
-    while len(losses) < steps:
-        for inputs, targets in workload.train_data:
-            loss = workload.loss_fn(workload.model(inputs), targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            if len(losses) == steps:
-                break
-    return np.array(losses)
+    """Adam at a constant rate in a plain loop (tests/reference.py), on seed 0's workload."""
+    return reference.plain_losses(factory(0), lr, steps)
 
 
 @pytest.mark.parametrize("engine", ["vectorized", "sequential"])
