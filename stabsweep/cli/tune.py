@@ -26,8 +26,7 @@ def tune(
     options: CommonOptions,
     ci: CiOptions,
 ) -> None:
-    """The whole procedure: lr → warmup → clip → confirm sweeps with each fix; the stability frontier and a
-    recommended config."""
+    """The whole procedure: lr → warmup → clip → confirm sweeps with each fix; a config to train with."""
     session = Session("tune", options)
 
     def body() -> dict:
