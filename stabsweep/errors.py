@@ -20,6 +20,11 @@ class UserError(Exception):
         self.message = message
 
 
+class StalePlan(UserError):
+    """--resume met finished trials that ran with other settings than the plan now gives them
+    (an upstream finding moved, or the user changed what a trial is)."""
+
+
 class ConfigKeyError(ValueError):
     """A config value is wrong at a key below the one being validated (``[2]`` of a list, an
     argument of a schedule): the loader adds ``key`` to the path it names."""

@@ -225,3 +225,24 @@ def test_two_runs_of_one_sweep_write_identical_files(smoke_config, tmp_path):
     for summary in summaries:
         summary.pop("next_command")  # names the folder
     assert summaries[0] == summaries[1]
+
+
+def test_resume_compares_every_setting_a_finished_trial_ran_with(tmp_path, write_config):
+    """Not only the rate: a clip threshold or mitigation that moved makes the finished trial stale."""
+    from stabsweep.config import load_config
+    from stabsweep.records import TrialSpec
+    from stabsweep.results.store import ResultsStore
+
+    config = load_config(write_config("name: t\nworkload: {name: mlp}\n"))
+    store = ResultsStore.open(tmp_path / "x", config)
+    (store.folder / "trials.csv").write_text(
+        "trial_id,lr,phase,clip_threshold,seed,status\n0,0.1,clip,2.5,0,ok\n1,0.1,baseline,,0,ok\n"
+    )
+    store.drop_unfinished()
+    spec = TrialSpec(0, 0.1, 0, 10, 5, config.train.schedule, columns={"phase": "clip", "clip_threshold": 2.5})
+    assert store.mismatch(spec) is None
+    moved = TrialSpec(0, 0.1, 0, 10, 5, config.train.schedule, columns={"phase": "clip", "clip_threshold": 1.9})
+    assert store.mismatch(moved) == "trial 0 ran with clip_threshold=2.5 but is now planned with clip_threshold=1.9"
+    none = TrialSpec(1, 0.1, 0, 10, 5, config.train.schedule, columns={"phase": "baseline", "clip_threshold": None})
+    assert store.mismatch(none) is None
+    assert store.mismatch(TrialSpec(2, 5.0, 0, 10, 5, config.train.schedule)) is None  # not run yet

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -290,10 +291,26 @@ def test_resume_after_an_interrupt_between_stages(tmp_path, smoke_config, monkey
     assert not (out / "tune" / "summary.json").exists()
     result = runner.invoke(app, ["tune", str(smoke_config), "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
+    finished = before_confirm = result.output[: result.output.index("── confirm")]
     for stage in ("lr", "warmup", "clip"):
-        assert f"── {stage}: finished before" in result.output
-        assert (out / stage / "trials.csv").read_bytes() == before[stage]  # not run again
+        rows = len(pd.read_csv(out / stage / "trials.csv"))
+        assert f"── {stage}" in finished and f": {rows} trials, {rows} finished before" in finished
+        assert (out / stage / "trials.csv").read_bytes() == before[stage]  # read back, not retrained
+    assert not re.search(r"^  lr=", before_confirm, flags=re.M)  # no stage trained a trial
     assert json.loads((out / "tune" / "summary.json").read_text())["verdict"]
+
+    # resumed with more seeds, each stage trains only the new ones; a changed config is refused
+    result = runner.invoke(app, ["tune", str(smoke_config), "--out", str(out), "--resume", "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    lr_trials = pd.read_csv(out / "lr" / "trials.csv")
+    assert sorted(lr_trials["seed"].unique()) == [0, 1]
+    moved = json.loads((out / "lr" / "summary.json").read_text())["unstable_base_lr"] != 1.0
+    if moved:  # seed 1 moved the unstable rate: the warmup probes were planned at another rate
+        assert "warmup: trial 0 ran with lr=10 but is now planned with lr=" in result.output
+        assert "the stage starts over" in result.output
+    assert json.loads((out / "tune" / "summary.json").read_text())["stability"]["setup"]["seeds"] == 2
+    changed = runner.invoke(app, ["tune", str(smoke_config), "--out", str(out), "--resume", "--set", "train.steps=50"])
+    assert changed.exit_code == 2 and "train.steps differs" in changed.output
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")

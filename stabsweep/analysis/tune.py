@@ -26,6 +26,16 @@ from typing import Any
 from stabsweep.analysis.lr import LrFindings
 
 MITIGATIONS = ("none", "warmup", "clip", "both")  # simplest first
+
+
+def uses_warmup(mitigation: str) -> bool:
+    return mitigation in ("warmup", "both")
+
+
+def uses_clip(mitigation: str) -> bool:
+    return mitigation in ("clip", "both")
+
+
 SAME_WITHIN = 0.01
 
 
@@ -121,9 +131,9 @@ def gains(choice: Choice) -> tuple[float | str | None, float | None]:
 
 def describe(name: str, warmup_steps: int | None, clip_threshold: float | None) -> str:
     parts = []
-    if name in ("warmup", "both") and warmup_steps:
+    if uses_warmup(name) and warmup_steps:
         parts.append(f"a warmup of {warmup_steps} steps")
-    if name in ("clip", "both") and clip_threshold:
+    if uses_clip(name) and clip_threshold:
         parts.append(f"clipping at {clip_threshold:.3g}")
     return " with ".join(parts) or "no warmup and no clipping"
 
@@ -139,7 +149,7 @@ def verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | No
     range_gain, _ = gains(choice)
     loss = "best eval loss" if before.objective == "best_eval_loss" else before.objective.replace("_", " ")
     if choice.chosen.name == "none":
-        fixes = [m for m in ("warmup", "clip", "both") if m in choice.candidates]
+        fixes = [m for m in MITIGATIONS[1:] if m in choice.candidates]
         tried = ", ".join(fixes) if fixes else "the fixes"
         wider = [m for m in choice.others if m.stable_up_to > choice.before.stable_up_to * (1 + SAME_WITHIN)]
         if wider:

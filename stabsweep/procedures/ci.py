@@ -9,7 +9,6 @@ why). A failed criterion ends the command with exit 3 after everything is writte
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from stabsweep.errors import RunFailed, UserError
 from stabsweep.procedures.context import Context
 from stabsweep.report import ci
 from stabsweep.results.runs import read_baseline
+from stabsweep.results.store import read_table, write_summary
 
 STEP_SUMMARY = "GITHUB_STEP_SUMMARY"
 
@@ -51,7 +51,7 @@ def run_gated(ctx: Context, command: str, run: Callable[[], dict[str, Any]], req
     if baseline is not None:
         gate = _gate(ctx, command, summary, baseline, request.baseline_any)
         summary["gate"] = gate
-        (ctx.run_root / command / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_summary(ctx.run_root / command, summary)
     _write_outputs(ctx, command, summary, gate, request)
     if gate is not None and not gate["passed"]:
         raise RunFailed(summary)
@@ -93,8 +93,6 @@ def _write_outputs(
     trials_path = ctx.run_root / command / "trials.csv"
     text = ci.markdown(command, summary, gate, title=ctx.config.name)
     if request.junit:
-        from stabsweep.results.store import read_table
-
         trials = read_table(trials_path) if trials_path.is_file() else None
         _write(request.junit, ci.junit(command, summary, trials, gate), "--junit")
     if request.markdown:

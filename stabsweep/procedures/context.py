@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stabsweep.engine.executors import LocalExecutor, ProcessExecutor
-from stabsweep.errors import RunFailed, UserError
+from stabsweep.errors import RunFailed, StalePlan, UserError
 from stabsweep.records import TrialJob, TrialSpec
 from stabsweep.results.store import ResultsStore
 
@@ -132,12 +131,9 @@ class Context:
         from stabsweep.report.progress import SweepProgress
 
         for spec in specs:  # a resumed plan must be the plan that was interrupted
-            saved = store.completed_lrs.get(spec.trial_id)
-            if saved is not None and not math.isclose(saved, spec.lr, rel_tol=1e-6):
-                raise UserError(
-                    f"--resume: trial {spec.trial_id} ran at lr={saved:g} but is now planned at "
-                    f"lr={spec.lr:g}; use --force to start over"
-                )
+            differs = store.mismatch(spec)
+            if differs:
+                raise StalePlan(f"--resume: {differs}; use --force to start over")
         from stabsweep.training.checkpoint import prune
 
         todo = [s for s in specs if s.trial_id not in store.completed]

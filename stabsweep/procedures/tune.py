@@ -1,7 +1,7 @@
 """``stabsweep tune``: the whole procedure in one command.
 
-Stages, each written where its own command writes it (and skipped on ``--resume`` once its
-summary exists): ``lr`` (with the range test first when ``lr_sweep.lrs`` is auto) →
+Stages, each written where its own command writes it (and resumed as that command resumes,
+so a finished stage retrains nothing): ``lr`` (with the range test first when ``lr_sweep.lrs`` is auto) →
 ``warmup`` from the lr run → ``clip-report --sweep`` from the lr run → **confirm**: one lr
 sweep per mitigation (none, the picked warmup, the picked clip threshold, both) on the lr
 grid extended upward to at least the multiplier × the unstable rate, all as one vectorized
@@ -11,7 +11,7 @@ result is the stability frontier plot, ``summary.json`` and ``recommended.yaml``
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import shlex
@@ -23,8 +23,19 @@ import yaml
 
 from stabsweep.analysis.gate import stability_block
 from stabsweep.analysis.lr import lr_findings
-from stabsweep.analysis.tune import MITIGATIONS, Choice, Mitigated, choose, describe, gains, verdict
+from stabsweep.analysis.tune import (
+    MITIGATIONS,
+    Choice,
+    Mitigated,
+    choose,
+    describe,
+    gains,
+    uses_clip,
+    uses_warmup,
+    verdict,
+)
 from stabsweep.config.schema import ClipConfig, Config
+from stabsweep.errors import StalePlan
 from stabsweep.procedures import clip, lr, warmup
 from stabsweep.procedures.context import Context, full_run, seeds_of
 from stabsweep.records import TrialSpec
@@ -38,18 +49,34 @@ COLORS = {"none": "0.45", "warmup": "tab:blue", "clip": "tab:orange", "both": "t
 
 
 def _stage(ctx: Context, name: str, run: Any) -> dict[str, Any]:
-    """Run one stage, or, on --resume, read the summary it already wrote."""
-    saved = ctx.run_root / name / "summary.json"
-    if ctx.options.resume and saved.is_file():
-        ctx.console.print(f"── {name}: finished before, read from {saved}", markup=False)
-        return json.loads(saved.read_text())
+    """Run one stage as its own command would, into its own folder. On --resume its store
+    keeps what finished (and refuses a changed config), so a finished stage retrains nothing:
+    it reads its trials back and states its findings again, with any seeds added since."""
     ctx.console.print(f"── {name}", markup=False)
     ctx.plot_warnings.clear()  # each stage's summary carries its own plots' warnings
     ctx.within = COMMAND
     try:
-        return run()
+        return _resumed(ctx, name, run)
     finally:
         ctx.within = None
+
+
+def _resumed(ctx: Context, name: str, run: Any) -> Any:
+    """``run()``; on --resume, a stage whose finished trials no longer fit its plan, because a
+    finding it builds on moved (more seeds moved the unstable rate, or the norms a threshold
+    is read from), starts over, and says so. Only that stage: the others keep their trials."""
+    try:
+        return run()
+    except StalePlan as exc:
+        if not ctx.options.resume:
+            raise
+        ctx.console.print(f"{name}: {exc.message.removeprefix('--resume: ')}: the stage starts over", markup=False)
+        resume = ctx.options
+        ctx.options = dataclasses.replace(resume, resume=False, force=True)
+        try:
+            return run()
+        finally:
+            ctx.options = resume
 
 
 @dataclass
@@ -67,6 +94,13 @@ class Picked:
     warmup_from: str = ""
     clip_from: str = ""
     notes: list[str] = field(default_factory=list)
+
+    def applied(self, mitigation: str) -> tuple[int | None, float | None]:
+        """The warmup steps and the clip threshold a mitigation trains with (None: not that part)."""
+        return (
+            self.warmup_steps if uses_warmup(mitigation) else None,
+            self.clip_threshold if uses_clip(mitigation) else None,
+        )
 
 
 def picked(run_root: Path, warmup_summary: dict[str, Any], clip_summary: dict[str, Any]) -> Picked:
@@ -106,22 +140,21 @@ def confirm_grid(lr_grid: list[float], best_lr: float, unstable: float, multipli
     return grid
 
 
-def plan(config: Config, grid: list[float], warmup_steps: int | None, threshold: float | None) -> list[TrialSpec]:
-    """Every rate and seed under every mitigation that exists (a part not found is left out)."""
-    train = config.train
+def plan(config: Config, grid: list[float], pick: Picked) -> list[TrialSpec]:
+    """Every rate and seed under every mitigation whose parts were found (one missing part
+    leaves out the mitigations that need it)."""
     seeds = seeds_of(config, config.lr_sweep.seeds)
     specs = []
     for m, name in enumerate(MITIGATIONS):
-        warm = warmup_steps if name in ("warmup", "both") else 0
-        clipped = threshold if name in ("clip", "both") else None
-        if (name in ("warmup", "both") and not warmup_steps) or (name in ("clip", "both") and not threshold):
+        warm, clipped = pick.applied(name)
+        if (uses_warmup(name) and not warm) or (uses_clip(name) and not clipped):
             continue
+        columns = {"phase": "confirm", "mitigation": name, "warmup_steps": warm or 0, "clip_threshold": clipped}
+        clip = ClipConfig(threshold=clipped) if clipped else config.train.clip
         for k, seed in enumerate(seeds):
             for i, rate in enumerate(grid):
-                columns = {"phase": "confirm", "mitigation": name, "warmup_steps": warm, "clip_threshold": clipped}
-                clip = ClipConfig(threshold=clipped) if clipped else train.clip
                 trial_id = (m * len(seeds) + k) * len(grid) + i
-                specs.append(full_run(config, trial_id, rate, seed, columns, warmup=warm, clip=clip))
+                specs.append(full_run(config, trial_id, rate, seed, columns, warmup=warm or 0, clip=clip))
     return specs
 
 
@@ -138,17 +171,22 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         ctx, "clip", lambda: clip.run(ctx, lr_run, trial_id=None, lr=None, percentile=None, sweep=True)
     )
     pick = picked(ctx.run_root, warmup_summary, clip_summary)
-    warmup_steps, threshold, notes = pick.warmup_steps, pick.clip_threshold, pick.notes
+    notes = pick.notes
     for note in notes:
         ctx.console.print(note, markup=False)
     ctx.plot_warnings.clear()
 
     ctx.console.print("── confirm", markup=False)
     grid = confirm_grid(sorted(lr_run.trials()["lr"].unique()), lr_summary["best_lr"], unstable, multiplier)
-    specs = plan(config, grid, warmup_steps, threshold)
-    store = ctx.store(COMMAND)
+    specs = plan(config, grid, pick)
     names = sorted({s.columns["mitigation"] for s in specs}, key=MITIGATIONS.index)
-    ctx.run_trials(specs, ctx.job(), store, f"confirm: {len(grid)} rates × {', '.join(names)}")
+
+    def train() -> Any:
+        store = ctx.store(COMMAND)
+        ctx.run_trials(specs, ctx.job(), store, f"confirm: {len(grid)} rates × {', '.join(names)}")
+        return store
+
+    store = _resumed(ctx, "confirm", train)
     trials, _, _ = store.finalize()
     ctx.stop_if_nothing_trained(store, trials, COMMAND)
 
@@ -158,14 +196,13 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         part = trials[trials["mitigation"] == name]
         found = lr_findings(part)
         at_best = part[part["lr"] == found.best_lr] if found.best_lr is not None else part.iloc[:0]
-        clipped = float(at_best["clipped_fraction"].mean()) if name in ("clip", "both") and len(at_best) else None
+        clipped = float(at_best["clipped_fraction"].mean()) if uses_clip(name) and len(at_best) else None
         aggressive = clipped is not None and clipped > aggressive_fraction
         mitigated[name] = Mitigated(name, found, clipped, aggressive, max(grid))
     choice = choose(mitigated)
     range_gain, objective_gain = gains(choice)
     chosen = choice.chosen
-    used_warmup = warmup_steps if chosen and chosen.name in ("warmup", "both") else None
-    used_clip = threshold if chosen and chosen.name in ("clip", "both") else None
+    used_warmup, used_clip = pick.applied(chosen.name) if chosen else (None, None)
     recommended_path = store.folder / "recommended.yaml"
     if chosen is not None and chosen.findings.best_lr is not None:
         recommended_path.write_text(_recommended(config, store.folder, chosen, pick, choice))
@@ -178,7 +215,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         "after": chosen.brief() if chosen else None,
         "chosen": chosen.name if chosen else None,
         "mitigation": {"warmup_steps": used_warmup, "clip_threshold": used_clip},
-        "picked": {"warmup_steps": warmup_steps, "clip_threshold": threshold},
+        "picked": {"warmup_steps": pick.warmup_steps, "clip_threshold": pick.clip_threshold},
         "stable_range_gain": range_gain,
         "objective_gain": objective_gain,
         "mitigations": [m.as_dict() for m in mitigated.values()],
@@ -236,19 +273,17 @@ def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, 
     """The user's config (the keys they wrote) with the chosen mitigation applied and the lr grid
     centred on the new best rate, under a header that says where each value came from."""
     best = chosen.findings.best_lr
-    warmup_steps = pick.warmup_steps if chosen.name in ("warmup", "both") else None
-    clip = pick.clip_threshold if chosen.name in ("clip", "both") else None
+    warmup_steps, clip = pick.applied(chosen.name)
     data = config.model_dump(mode="json", exclude_unset=True)
     data["name"] = f"{config.name}-tuned"
     train = data.setdefault("train", {})
     train["warmup_steps"] = config.train.warmup_steps + (warmup_steps or 0)
     if clip:
         train["clip"] = {"threshold": float(f"{clip:.6g}")}
-    factory = data["workload"].get("factory")
-    if factory and resolve_factory(config.workload, config.source).target.partition(":")[0].endswith(".py"):
-        target = resolve_factory(config.workload, config.source).target  # relative to the new file's folder
-        path, _, function = target.rpartition(":")
-        data["workload"]["factory"] = f"{os.path.relpath(path, folder)}:{function}"
+    if config.workload.factory:
+        path, _, function = resolve_factory(config.workload, config.source).target.rpartition(":")
+        if path.endswith(".py"):  # a file path resolves from the config's folder: from the new file's now
+            data["workload"]["factory"] = f"{os.path.relpath(path, folder)}:{function}"
     data.setdefault("lr_sweep", {})["lrs"] = {
         "min": float(f"{best / 10:.3g}"),
         "max": float(f"{best * 10:.3g}"),

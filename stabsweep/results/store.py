@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from stabsweep.config.schema import Config
-    from stabsweep.records import TrialResult
+    from stabsweep.records import TrialResult, TrialSpec
 
 TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
 OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, "summary.json", "config.yaml")
@@ -38,7 +39,7 @@ class ResultsStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.completed_lrs: dict[int, float] = {}  # trial id -> lr of every trial with a trials.csv row
+        self.ran: dict[int, dict[str, Any]] = {}  # trial id -> its trials.csv row, for every finished trial
 
     @classmethod
     def open(cls, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> ResultsStore:
@@ -65,7 +66,7 @@ class ResultsStore:
     @property
     def completed(self) -> set[int]:
         """Ids of the trials this folder holds a result for: resumed ones and those written since."""
-        return set(self.completed_lrs)
+        return set(self.ran)
 
     @property
     def checkpoints(self) -> Path:
@@ -106,7 +107,7 @@ class ResultsStore:
         if result.layers is not None and len(result.layers.steps):
             self._append(LAYERS, layer_rows(result.spec.trial_id, result.layers))
         self._append(TRIALS, pd.DataFrame([result.row()]))
-        self.completed_lrs[result.spec.trial_id] = result.spec.lr
+        self.ran[result.spec.trial_id] = result.row()
 
     def finalize(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Sort every file by trial and step, rewrite them, and return them."""
@@ -124,9 +125,7 @@ class ResultsStore:
         return trials.reset_index(drop=True), steps.reset_index(drop=True), evals.reset_index(drop=True)
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        path = self.folder / "summary.json"
-        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        return path
+        return write_summary(self.folder, summary)
 
     def read(self, name: str) -> pd.DataFrame:
         """A CSV of this folder (empty when absent), statuses as :class:`TrialStatus`."""
@@ -150,6 +149,20 @@ class ResultsStore:
                 "match the new ones. Use --force to start over, or undo the change"
             )
 
+    def mismatch(self, spec: TrialSpec) -> str | None:
+        """How ``spec`` differs from what its finished trial ran with (rate, seed, the plan's
+        columns: warmup, clip threshold, mitigation ...), in words; None when it does not."""
+        saved = self.ran.get(spec.trial_id)
+        if saved is None:
+            return None
+        planned = {"lr": spec.lr, "seed": spec.seed, **spec.columns}
+        for key, value in planned.items():
+            old = saved.get(key)
+            if _same(old, value):
+                continue
+            return f"trial {spec.trial_id} ran with {key}={_text(old)} but is now planned with {key}={_text(value)}"
+        return None
+
     def trials_of_phase(self, phase: str) -> set[int]:
         """The ids of the finished trials of one phase (sweep, early_check, probe, ...)."""
         trials = self.read(TRIALS)
@@ -165,7 +178,7 @@ class ResultsStore:
             if len(frame):
                 frame[~frame["trial_id"].isin(trial_ids)].to_csv(self.folder / name, index=False)
         for trial_id in trial_ids:
-            self.completed_lrs.pop(trial_id, None)
+            self.ran.pop(trial_id, None)
 
     def drop_unfinished(self) -> None:
         """Keep only finished trials' rows, so a resumed run redoes exactly the unfinished ones."""
@@ -173,7 +186,7 @@ class ResultsStore:
         if "status" in trials:  # a row cut short by a kill has no status: not finished
             trials = trials[trials["status"].notna() & trials["trial_id"].notna()]
             trials.to_csv(self.folder / TRIALS, index=False)
-            self.completed_lrs = dict(zip(trials["trial_id"].astype(int), trials["lr"], strict=True))
+            self.ran = {int(row["trial_id"]): row for row in trials.to_dict("records")}
         done = self.completed
         for name in (STEPS, EVALS, LAYERS):
             frame = self.read(name)
@@ -251,3 +264,25 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
                 return found
         return None
     return None if a == b else (path or "the config")
+
+
+def _same(saved: Any, planned: Any) -> bool:
+    """A trials.csv value read back against the plan's: numbers within float printing, empty = None."""
+    if saved is None or (isinstance(saved, float) and math.isnan(saved)):
+        return planned is None or (isinstance(planned, float) and math.isnan(planned))
+    if isinstance(planned, (int, float)) and not isinstance(planned, bool):
+        return isinstance(saved, (int, float)) and math.isclose(float(saved), float(planned), rel_tol=1e-6)
+    return str(saved) == str(planned)
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
+    """A command's summary.json (also rewritten by the stability gate, after the command)."""
+    path = folder / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path
