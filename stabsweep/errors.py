@@ -7,6 +7,8 @@ run that completed with a result the user must act on: exit code 3.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -63,3 +65,23 @@ def short_repr(value: Any, limit: int = 60) -> str:
     shorter.maxlevel, shorter.maxlist, shorter.maxdict = 3, 4, 4
     text = shorter.repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_USER_CODE = "_stabsweep_raised_in_user_code"
+
+
+@contextmanager
+def user_code() -> Iterator[None]:
+    """Mark an exception raised inside as the user's: their factory, data, model, loss or
+    backward. A trial that raises there failed; one that raises anywhere else met a bug of
+    stabsweep's, which is exit 1 with its traceback, never blamed on the user."""
+    try:
+        yield
+    except Exception as exc:
+        setattr(exc, _USER_CODE, True)
+        raise
+
+
+def raised_in_user_code(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of the user's code (see :func:`user_code`)."""
+    return bool(getattr(exc, _USER_CODE, False))

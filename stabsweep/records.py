@@ -126,6 +126,7 @@ class TrialResult:
     final_train_loss: float | None = None
     diverged_step: int | None = None
     instability: str | None = None  # "early" or "mid-training", for a diverged or unstable trial
+    instability_step: int | None = None  # where the divergence, spike or rise was detected (1-based)
     error: str | None = None
     steps: StepLog | None = None
     layers: LayerLog | None = None
@@ -155,6 +156,7 @@ class TrialResult:
             "final_train_loss": self.final_train_loss,
             "diverged_step": self.diverged_step,
             "instability": self.instability,
+            "instability_step": self.instability_step,
             "steps_run": self.steps_run,
             "clipped_fraction": self.clipped_fraction,
             "wall_seconds": round(self.wall_seconds, 3),

@@ -42,16 +42,26 @@ def test_non_finite_loss_diverges_at_its_step(bad):
     assert "non-finite" in verdict.reason and "step 38" in verdict.reason
 
 
-def test_loss_above_divergence_factor_diverges():
+def test_loss_above_divergence_factor_that_stays_diverges_at_its_first_step():
     losses = decline()
-    losses[100] = 4.01 * losses[0]
+    losses[100:] = 4.01 * losses[0]
     verdict = judge(losses, DETECT)
     assert verdict.status is TrialStatus.DIVERGED and verdict.diverged_step == 101
+    assert "step 101 and still above it at step 102" in verdict.reason
+
+
+def test_one_batch_above_divergence_factor_is_a_spike_not_a_divergence():
+    losses = decline()
+    losses[100] = 4.01 * losses[0]  # jumps and falls back at the next batch
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.UNSTABLE and verdict.diverged_step is None
+    assert "a spike to 9.223 at step 101" in verdict.reason
+    assert judge(losses, DetectConfig(divergence_patience=0)).diverged_step == 101  # the old rule, on request
 
 
 def test_divergence_factor_is_configurable():
     losses = decline()
-    losses[100] = 3.0 * losses[0]
+    losses[100:102] = 3.0 * losses[0]
     assert judge(losses, DETECT).status is not TrialStatus.DIVERGED
     assert judge(losses, DetectConfig(divergence_factor=2.5)).status is TrialStatus.DIVERGED
 

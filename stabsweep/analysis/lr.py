@@ -9,14 +9,22 @@ The rules (docs/contract.md, "Detection rules"), for a sweep of one or several s
   differ), with ``p_unstable``, the share of its seeds that failed;
 - a rate at or above ``best_lr`` where some seeds failed and others did not is *at the edge*
   of stability: one seed's verdict there could flip with the seed (below lr*, a seed that
-  learned too little in time is slow, not unstable).
+  learned too little in time is slow, not unstable);
+- a failure the rate does not explain is no learning-rate edge (:func:`rate_independent`):
+  every rate over ``RATE_INDEPENDENT_SPAN`` (two decades) or more failing at the *same step*
+  (one batch), or every rate's loss turning non-finite within ``FIRST_STEPS`` steps from a
+  finite start (the data, the loss or the model's numerics). The trials that failed only
+  there do not count against their rate, and the verdict names the step and the batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from stabsweep.records import TrialStatus
 
@@ -24,6 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MOSTLY_INFEASIBLE = 0.5
+RATE_INDEPENDENT_SPAN = 100.0  # rates over two decades failing alike: not the rate's doing
+FIRST_STEPS = 3  # a loss non-finite this early at every rate: numerics, not the rate
 SEVERITY = (TrialStatus.DIVERGED, TrialStatus.LEARNED_NOTHING, TrialStatus.UNSTABLE)  # most severe first
 
 
@@ -49,6 +59,7 @@ class LrFindings:
     edge_rates: list[float] = field(default_factory=list)  # rates where the seeds disagree
     rates: list[dict[str, Any]] = field(default_factory=list)  # one row per rate
     warnings: list[str] = field(default_factory=list)
+    rate_independent: dict[str, Any] | None = None  # a failure the rate does not explain (see the module docstring)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +92,94 @@ def rate_table(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def lr_findings(trials: pd.DataFrame) -> LrFindings:
-    """Apply the selection rules to the sweep's trials (one row per rate and seed)."""
+def rate_independent(trials: pd.DataFrame, steps: pd.DataFrame | None = None) -> dict[str, Any] | None:
+    """A failure the learning rate does not explain, or None (the module docstring's rule).
+
+    ``same_step``: for some seed, the rates from the grid's lowest up over at least
+    ``RATE_INDEPENDENT_SPAN`` all diverged or were unstable at one step (the batch there, since
+    every rate of a seed sees the same batches). ``non_finite``: every trial, over rates as
+    far apart, diverged with a non-finite loss within the first ``FIRST_STEPS`` steps, from a
+    finite first loss (needs ``steps``, the per-step losses). Returns the kind, the step, the rates and the trials.
+    """
+    statuses = trials["status"].map(TrialStatus.of)
+    judged = trials[statuses != TrialStatus.FAILED]
+    if judged.empty or "instability_step" not in judged:
+        return None
+    for seed, part in judged.sort_values("lr").groupby("seed", sort=True):
+        first = part.iloc[0]
+        step = first["instability_step"]
+        if not TrialStatus.of(first["status"]).instability or step != step:  # NaN: no instability
+            continue
+        same = part["instability_step"].eq(step).to_numpy()
+        run = int(np.argmin(same)) if not same.all() else len(same)  # from the lowest rate up
+        lrs = part["lr"].to_numpy()[:run]
+        if run and lrs[-1] / lrs[0] >= RATE_INDEPENDENT_SPAN:
+            return {
+                "kind": "same_step",
+                "step": int(step),
+                "seed": int(seed),
+                "rates": [float(lr) for lr in lrs],
+                "trial_ids": [int(t) for t in part["trial_id"].to_numpy()[:run]],
+            }
+    if steps is None or not (judged["status"].map(TrialStatus.of) == TrialStatus.DIVERGED).all():
+        return None
+    rows = steps[steps["trial_id"].isin(judged["trial_id"])]
+    last = rows.sort_values("step").groupby("trial_id").tail(1)
+    early_nan = (last["step"] <= FIRST_STEPS) & ~np.isfinite(last["train_loss"].astype(float))
+    starts = rows[rows["step"] == 1]["train_loss"].astype(float)
+    lrs = sorted(judged["lr"])
+    spans = len(lrs) > 1 and lrs[-1] / lrs[0] >= RATE_INDEPENDENT_SPAN
+    if spans and len(last) == len(judged) and early_nan.all() and np.isfinite(starts).all():
+        return {
+            "kind": "non_finite",
+            "step": int(last["step"].max()),
+            "rates": [float(lr) for lr in lrs],
+            "trial_ids": [int(t) for t in judged["trial_id"]],
+        }
+    return None
+
+
+def describe_rate_independent(found: dict[str, Any], epoch_length: int | None = None) -> str:
+    """The rate-independent failure in words: what failed where, and what it means."""
+    low, high = found["rates"][0], found["rates"][-1]
+    if found["kind"] == "non_finite":
+        return (
+            f"Every rate from {low:.3g} to {high:.3g} turned the loss non-finite by step {found['step']}, from a "
+            "finite start: no rate trains, so the rate is not the cause. Look at the loss or the model's numerics "
+            "(a division or log at 0, float16 overflow or an epsilon that rounds to 0) or the data: stabsweep "
+            "doctor checks them."
+        )
+    step = found["step"]
+    where = f"step {step}"
+    if epoch_length:
+        where += f" (batch {(step - 1) % epoch_length} of epoch {(step - 1) // epoch_length}, counting from 0)"
+    return (
+        f"Every rate from {low:.3g} to {high:.3g} failed at the same {where}: a failure that does not depend "
+        "on the learning rate is not a learning-rate edge. The cause is that batch (an outlier in the data), "
+        "the loss or the model's numerics: stabsweep doctor scans the batches."
+    )
+
+
+def lr_findings(trials: pd.DataFrame, steps: pd.DataFrame | None = None) -> LrFindings:
+    """Apply the selection rules to the sweep's trials (one row per rate and seed); ``steps``
+    (the per-step records) lets the rate-independent rule see non-finite losses."""
+    independent = rate_independent(trials, steps)
+    if independent is not None and independent["kind"] == "same_step":
+        # Trials that were unstable only at that batch trained otherwise: not their rate's failure.
+        spiked = trials["trial_id"].isin(independent["trial_ids"]) & trials["status"].map(
+            lambda s: TrialStatus.of(s) is TrialStatus.UNSTABLE
+        )
+        trials = trials.assign(status=trials["status"].where(~spiked, TrialStatus.OK.value))
+    found = _findings(trials)
+    if independent is not None:
+        found.rate_independent = independent
+        found.warnings = [w for w in found.warnings if not w.startswith(("most trials", "best_lr", "the best rate"))]
+        if found.unstable_base_lr is not None and independent["kind"] == "non_finite":
+            found.unstable_base_lr = None
+    return found
+
+
+def _findings(trials: pd.DataFrame) -> LrFindings:
     trials = trials.assign(status=trials["status"].map(TrialStatus.of)).sort_values(["lr", "trial_id"])
     judged = trials[trials["status"] != TrialStatus.FAILED]
     infeasible = judged["status"].map(lambda s: s.infeasible)
@@ -156,8 +253,14 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
 
 
-def verdict(found: LrFindings) -> str:
+def verdict(found: LrFindings, epoch_length: int | None = None) -> str:
     """The lr sweep's finding in words."""
+    if found.rate_independent is not None:
+        text = describe_rate_independent(found.rate_independent, epoch_length)
+        if found.best_lr is None:
+            return text + " No rate trained apart from it."
+        rest = verdict(dataclasses.replace(found, rate_independent=None))
+        return f"{text} Apart from it: {rest}"
     if found.best_lr is None:
         return "No learning rate in the grid trained: every trial was infeasible or failed."
     best = f"Best learning rate {found.best_lr:.3g} ({found.objective.replace('_', ' ')} {found.best_objective:.4g})"

@@ -4,6 +4,22 @@ Order matters and mirrors severity: a trial that diverged is not also judged uns
 one that learned nothing is infeasible even if it never blew up. Every verdict carries a
 reason in words, with the step, so a user can see which rule fired and why.
 
+A batch loss is a noisy sample: with small batches or noisy labels it jumps up and down by
+far more than the trend it follows. So every rule that reads a rise judges it against the
+curve's own noise (``noise`` below):
+
+- a loss above ``divergence_factor`` × initial must *stay* there for ``divergence_patience``
+  more steps to be a divergence; one batch that jumps and falls back is a spike (a
+  non-finite loss diverges at once);
+- a *sustained* rise is read on the loss trend, the rolling median of the batch losses
+  (which one heavy batch cannot move), and must exceed the trend's noise by
+  ``noise_sigma`` × sqrt(2 ln(steps / span)) standard deviations: the typical largest
+  excursion of a noisy curve grows with its length as that factor does, so the rule does
+  not fire more often on long runs;
+- a *spike* (one batch, or a burst shorter than the trend's window) counts when it is
+  isolated: ``spike_ratio`` × larger than any other excursion of the curve. On a clean
+  curve any clear spike is; on a noisy one, heavy batches are everywhere and none is.
+
 Steps in reasons and in ``diverged_step`` are 1-based: step k is the k-th update.
 """
 
@@ -24,6 +40,7 @@ class Verdict:
     reason: str
     diverged_step: int | None = None
     early: bool = False  # the instability fell in the run's first early_fraction of steps (or it diverged there)
+    step: int | None = None  # where the instability (divergence, spike or rise) was detected
 
     @property
     def instability(self) -> str | None:
@@ -33,31 +50,44 @@ class Verdict:
         return "early" if self.early else "mid-training"
 
 
-def diverged(loss: float, initial_loss: float, factor: float) -> bool:
-    """The divergence rule for one fresh loss: non-finite, or above ``factor × initial_loss``.
-
-    The per-step form of :func:`divergence_steps`, for a loop that reads one loss a step and
-    must stop at once; plain floats, so it costs next to nothing on the hot path.
-    """
+def bad_loss(loss: float, initial_loss: float, factor: float) -> bool:
+    """One loss as the divergence rule sees it: non-finite, or above ``factor × initial_loss``.
+    Plain floats, so it costs next to nothing on the hot path."""
     return not math.isfinite(loss) or loss > factor * initial_loss
 
 
 def divergence_steps(
-    losses: np.ndarray, initial_loss: np.ndarray | float, factor: float, offset: int = 0
+    losses: np.ndarray, initial_loss: np.ndarray | float, factor: float, offset: int = 0, patience: int = 0
 ) -> np.ndarray:
-    """Per curve (last axis): the first (1-based) step whose loss is non-finite or above
-    ``factor × initial_loss``; 0 where there is none.
+    """Per curve (last axis): the 1-based step at which a divergence is *decided*; 0 where none.
 
-    Called by the engine on each chunk of fresh losses (``offset`` = steps before the chunk),
-    for all trials of a batch at once, so a trial stops at once.
+    A non-finite loss decides it at once. A loss above ``factor × initial_loss`` decides it
+    when it is the ``patience + 1``-th such loss in a row (a single batch that jumps and falls
+    back is a spike, not a divergence). Called by the engine on each chunk of fresh losses
+    (``offset`` = steps before the chunk; a chunk should start ``patience`` steps early so a
+    run across its boundary is seen), for all trials of a batch at once.
     """
-    bad = ~np.isfinite(losses) | (losses > factor * np.asarray(initial_loss)[..., None])
-    return np.where(bad.any(axis=-1), bad.argmax(axis=-1) + offset + 1, 0)
+    losses = np.asarray(losses, dtype=float)
+    finite = np.isfinite(losses)
+    above = ~finite | (losses > factor * np.asarray(initial_loss, dtype=float)[..., None])
+    decided = ~finite.copy()
+    if patience == 0:
+        decided |= above
+    else:
+        run = above.copy()
+        for lag in range(1, patience + 1):  # above at t and at each of the `patience` steps before it
+            shifted = np.zeros_like(above)
+            shifted[..., lag:] = above[..., :-lag]
+            run &= shifted
+        decided |= run
+    return np.where(decided.any(axis=-1), decided.argmax(axis=-1) + offset + 1, 0)
 
 
-def divergence_step(losses: np.ndarray, initial_loss: float, factor: float, offset: int = 0) -> int | None:
+def divergence_step(
+    losses: np.ndarray, initial_loss: float, factor: float, offset: int = 0, patience: int = 0
+) -> int | None:
     """:func:`divergence_steps` of one curve, None where it did not diverge."""
-    return int(divergence_steps(losses, initial_loss, factor, offset)) or None
+    return int(divergence_steps(losses, initial_loss, factor, offset, patience)) or None
 
 
 def smoothed(losses: np.ndarray, span: int) -> np.ndarray:
@@ -65,6 +95,62 @@ def smoothed(losses: np.ndarray, span: int) -> np.ndarray:
     import pandas as pd
 
     return pd.Series(losses).ewm(span=span, adjust=True).mean().to_numpy()
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A curve's trend and noise, per step: the median of the batch losses in a window of
+    ``2·span + 1`` steps centred on the step (narrower near the ends, still centred, so the
+    trend does not lag a falling curve there), and the robust local standard deviation of the
+    batch losses (from their second differences, in the same window)."""
+
+    trend: np.ndarray
+    residuals: np.ndarray
+    sigma: np.ndarray  # per step
+    counts: np.ndarray  # the samples each step's median was taken over
+
+    @property
+    def trend_sigma(self) -> np.ndarray:
+        """The standard deviation of the trend itself: a median of n samples has ≈ 1.2533 σ / √n
+        (its asymptotic efficiency against the mean)."""
+        return 1.2533 * self.sigma / np.sqrt(self.counts)
+
+    @staticmethod
+    def excess(steps: int, span: int) -> float:
+        """sqrt(2 ln(steps / span)): how many standard deviations the largest of the curve's
+        ~steps/span independent stretches of noise typically reaches (at least 1)."""
+        return math.sqrt(2 * math.log(max(steps / span, math.e)))
+
+    def isolated(self, t: int, span: int, ratio: float, bar: float) -> bool:
+        """Whether the excursion at step index ``t``, in units of the local noise, is above ``bar``
+        and ``ratio`` × larger than any other of the curve outside the ``span`` steps around it
+        (a burst of a few batches is one excursion)."""
+        z = self.residuals / np.maximum(self.sigma, 1e-12 * (1 + np.abs(self.trend)))
+        if not z[t] > bar:
+            return False
+        outside = np.concatenate([z[: max(0, t - span)], z[t + span + 1 :]])
+        return bool(z[t] > ratio * max(float(np.max(outside)) if outside.size else 0.0, 0.0))
+
+
+def noise(losses: np.ndarray, span: int) -> Noise:
+    """The trend and noise of a finite loss curve (see :class:`Noise`). Hand-written: pandas'
+    centred rolling windows shrink on one side only at the ends, which makes the trend lag."""
+    import pandas as pd
+
+    n = losses.size
+    half = np.minimum(np.minimum(np.arange(n), np.arange(n)[::-1]), span)  # centred half-widths
+    trend = pd.Series(losses).rolling(2 * span + 1, center=True, min_periods=1).median().to_numpy(copy=True)
+    for t in np.flatnonzero(half < span):
+        trend[t] = np.median(losses[t - half[t] : t + half[t] + 1])
+    # The noise from second differences, l[t] − (l[t−1] + l[t+1]) / 2: a straight or gently
+    # curved trend cancels out of them, near the ends too, and for independent noise their
+    # standard deviation is √1.5 σ. Their median absolute value is robust to a spike.
+    second = np.zeros(n)
+    if n >= 3:
+        second[1:-1] = losses[1:-1] - (losses[:-2] + losses[2:]) / 2
+        second[0], second[-1] = second[1], second[-2]
+    spread = pd.Series(np.abs(second)).rolling(2 * span + 1, center=True, min_periods=1).median().to_numpy()
+    return Noise(trend, losses - trend, 1.4826 / math.sqrt(1.5) * spread, 2 * half + 1)
 
 
 def judge(
@@ -80,16 +166,10 @@ def judge(
         return Verdict(TrialStatus.FAILED, "no training step ran")
     initial = float(losses[0])
     if not math.isfinite(initial):
-        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({initial}) at step 1", 1, early=True)
-    step = divergence_step(losses, initial, detect.divergence_factor)
-    if step is not None:
-        value = float(losses[step - 1])
-        why = (
-            f"non-finite loss ({value}) at step {step}"
-            if not math.isfinite(value)
-            else f"loss {value:.4g} > {detect.divergence_factor:g} × initial at step {step}"
-        )
-        return Verdict(TrialStatus.DIVERGED, why, step, early=step <= _early_window(run_length, detect))
+        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({initial}) at step 1", 1, early=True, step=1)
+    decided = divergence_step(losses, initial, detect.divergence_factor, patience=detect.divergence_patience)
+    if decided is not None:
+        return _diverged(losses, initial, decided, detect, run_length)
 
     curve = smoothed(losses, detect.smoothing)
     final = float(curve[-1])
@@ -107,48 +187,110 @@ def judge(
                 f"final smoothed loss {final:.4g} {where} chance level ln {num_classes} = {chance:.4g}",
             )
 
-    spike = _early_spike(losses, initial, detect, run_length)
-    if spike:
-        return Verdict(TrialStatus.UNSTABLE, spike, early=True)
-    rise = _mid_training_rise(curve, initial, detect, run_length)
-    if rise:
-        return Verdict(TrialStatus.UNSTABLE, rise, early=rise.startswith("early"))
+    found = noise(losses, detect.smoothing)
+    events = [
+        event
+        for event in (
+            _early_spike(losses, initial, found, detect, run_length),
+            _sustained_rise(found, initial, detect, run_length),
+            _spike_rise(losses, curve, found, initial, detect, run_length),
+        )
+        if event is not None
+    ]
+    if events:
+        step, reason = min(events)
+        early = step <= _early_window(run_length, detect)
+        return Verdict(TrialStatus.UNSTABLE, reason, early=early, step=step)
     return Verdict(TrialStatus.OK, f"loss fell {initial:.4g} → {final:.4g}")
 
 
-def _early_spike(losses: np.ndarray, initial: float, detect: DetectConfig, run_length: int) -> str | None:
-    """Early instability: a loss well above the initial one in the first steps, then recovery."""
+def _diverged(losses: np.ndarray, initial: float, decided: int, detect: DetectConfig, run_length: int) -> Verdict:
+    """The divergence decided at step ``decided``: it began at the first of its run of bad losses."""
+    start, factor = decided, detect.divergence_factor
+    while start > 1 and math.isfinite(losses[start - 1]) and bad_loss(losses[start - 2], initial, factor):
+        start -= 1
+    value = float(losses[decided - 1])
+    if not math.isfinite(value):
+        why = f"non-finite loss ({value}) at step {decided}"
+        if start < decided:
+            why = f"loss {losses[start - 1]:.4g} > {detect.divergence_factor:g} × initial at step {start}, then {why}"
+    else:
+        why = f"loss {losses[start - 1]:.4g} > {detect.divergence_factor:g} × initial at step {start}"
+        if decided > start:
+            why += f" and still above it at step {decided}"
+    early = start <= _early_window(run_length, detect)
+    return Verdict(TrialStatus.DIVERGED, why, start, early=early, step=start)
+
+
+def _early_spike(
+    losses: np.ndarray, initial: float, found: Noise, detect: DetectConfig, run_length: int
+) -> tuple[int, str] | None:
+    """Early instability: a loss well above the initial one in the first steps, then recovery;
+    either sustained (the trend itself above the bar) or an isolated spike, not noise."""
     head = losses[: _early_window(run_length, detect)]
-    peak = int(np.argmax(head))
-    if head[peak] > detect.early_spike_factor * initial:
-        return (
-            f"early instability: loss {head[peak]:.4g} > {detect.early_spike_factor:g} × "
-            f"initial {initial:.4g} at step {peak + 1}, then recovered"
-        )
+    bar, spike_bar = detect.early_spike_factor * initial, _spike_bar(losses.size, detect)
+    for t in np.flatnonzero(head > bar):
+        t = int(t)
+        if found.trend[t] > bar or found.isolated(t, detect.smoothing, detect.spike_ratio, spike_bar):
+            return t + 1, (
+                f"early instability: loss {head[t]:.4g} > {detect.early_spike_factor:g} × "
+                f"initial {initial:.4g} at step {t + 1}, then recovered"
+            )
     return None
 
 
-def _mid_training_rise(curve: np.ndarray, initial: float, detect: DetectConfig, run_length: int) -> str | None:
-    """A rise of the smoothed loss that gives back a share of the progress made.
-
-    Progress at step t is (initial − best smoothed loss so far); the rule fires when the
-    smoothed loss climbs ``rise_fraction`` of that progress above its best, once progress
-    itself is meaningful (``min_improvement`` of the initial loss). A rise inside the early
-    window is reported as early instability, later ones as mid-training instability.
-    """
-    best = np.minimum.accumulate(curve)
-    progress = curve[0] - best
-    rise = curve - best
+def _sustained_rise(found: Noise, initial: float, detect: DetectConfig, run_length: int) -> tuple[int, str] | None:
+    """A rise of the loss trend that gives back ``rise_fraction`` of the progress made, beyond
+    its noise. Progress at step t is (initial − the trend's lowest point so far)."""
+    trend = found.trend
+    best = np.minimum.accumulate(trend)
+    progress = initial - best
+    rise = trend - best
+    # Beyond noise: the trend now, less half the bar of its own noise, above the lowest the
+    # trend was, plus half the bar of the noise there (a median of a few steps near the start
+    # is noisy, and a running minimum picks its lowest draw).
+    margin = detect.noise_sigma * Noise.excess(trend.size, detect.smoothing) * found.trend_sigma / 2
+    beyond_noise = trend - margin > np.minimum.accumulate(trend + margin)
     meaningful = progress > detect.min_improvement * initial
-    hits = np.flatnonzero(meaningful & (rise > detect.rise_fraction * progress))
+    hits = np.flatnonzero(meaningful & (rise > detect.rise_fraction * progress) & beyond_noise)
     if hits.size == 0:
         return None
     t = int(hits[0])
     kind = "early" if t < _early_window(run_length, detect) else "mid-training"
-    return (
-        f"{kind} instability: smoothed loss rose from {best[t]:.4g} to {curve[t]:.4g} "
-        f"at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress"
+    return t + 1, (
+        f"{kind} instability: the loss trend (median of {2 * detect.smoothing + 1} steps) rose from {best[t]:.4g} to "
+        f"{trend[t]:.4g} at step {t + 1}, giving back {rise[t] / progress[t]:.0%} of the progress"
     )
+
+
+def _spike_rise(
+    losses: np.ndarray, curve: np.ndarray, found: Noise, initial: float, detect: DetectConfig, run_length: int
+) -> tuple[int, str] | None:
+    """A spike that makes the smoothed loss give back ``rise_fraction`` of the progress made,
+    and stands out from the curve's noise: isolated (``spike_ratio`` × any other excursion)."""
+    best = np.minimum.accumulate(curve)
+    progress = curve[0] - best
+    rise = curve - best
+    meaningful = progress > detect.min_improvement * initial
+    span = detect.smoothing
+    for t in np.flatnonzero(meaningful & (rise > detect.rise_fraction * progress)):
+        t = int(t)
+        window = slice(max(0, t - span), t + 1)
+        k = window.start + int(np.argmax(found.residuals[window]))
+        if found.isolated(k, span, detect.spike_ratio, _spike_bar(losses.size, detect)):
+            kind = "early" if k < _early_window(run_length, detect) else "mid-training"
+            return k + 1, (
+                f"{kind} instability: a spike to {losses[k]:.4g} at step {k + 1} ({losses[k] / found.trend[k]:.3g}× "
+                f"the loss around it) took the smoothed loss from {best[t]:.4g} to {curve[t]:.4g}, "
+                f"giving back {rise[t] / progress[t]:.0%} of the progress"
+            )
+    return None
+
+
+def _spike_bar(steps: int, detect: DetectConfig) -> float:
+    """How many local standard deviations a spike must reach: ``noise_sigma`` × the largest
+    of ``steps`` Gaussian samples, sqrt(2 ln steps)."""
+    return detect.noise_sigma * Noise.excess(steps, 1)
 
 
 def _early_window(steps: int, detect: DetectConfig) -> int:

@@ -141,10 +141,18 @@ def validate_config(
     return config
 
 
-def dump_config(config: Config) -> str:
-    """The resolved config as YAML: valid input for ``load_config`` (it round-trips)."""
+def dump_config(config: Config, folder: Path | None = None) -> str:
+    """The resolved config as YAML: valid input for ``load_config`` (it round-trips). Saved in
+    ``folder``, a file factory's path is rewritten relative to it, so the saved file names the
+    same factory whatever the working directory of the command that reads it."""
+    from stabsweep.workloads.factory import factory_seen_from
+
     header = f"# resolved config of {config.source}; rerun with: stabsweep lr THIS_FILE\n"
-    return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    data = config.model_dump(mode="json")
+    moved = factory_seen_from(config.workload, config.source, folder) if folder is not None else None
+    if moved:
+        data["workload"]["factory"] = moved
+    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def _explain(exc: ValidationError, source: str, overrides: Overrides) -> str:

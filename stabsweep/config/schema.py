@@ -290,6 +290,10 @@ class DetectConfig(_Strict):
     early_fraction: Float = Field(0.1, gt=0, le=1)  # early instability looks at this share of steps
     early_spike_factor: Float = Field(2.0, gt=1, le=1e6)  # early instability: a loss above this × initial
     rise_fraction: Float = Field(0.25, gt=0, le=1)  # mid-training: a rise giving back this share of progress
+    # A batch loss is a noisy sample; these judge a rise against the curve's own noise.
+    divergence_patience: Int = Field(1, ge=0, le=MAX_STEPS)  # a loss above the factor must stay this many more steps
+    noise_sigma: Float = Field(3.0, ge=0, le=1e6)  # a trend's rise must exceed this × its noise (× √(2 ln(steps/span)))
+    spike_ratio: Float = Field(3.0, ge=1, le=1e6)  # a spike counts when this × larger than any other excursion
 
     @model_validator(mode="after")
     def _spike_below_divergence(self) -> DetectConfig:

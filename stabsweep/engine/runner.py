@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from stabsweep.records import TrialJob, TrialResult, TrialSpec
+from stabsweep.records import TrialJob, TrialResult, TrialSpec, TrialStatus
 from stabsweep.training.clipping import clip_kind
 
 if TYPE_CHECKING:
@@ -96,10 +96,17 @@ def _vectorized(
     resume: dict | None = None,
     progress: Progress | None = None,
 ) -> Iterator[TrialResult]:
-    """Run ``batch`` as one computation. What vmap cannot batch runs the rest one at a time;
-    any other error fails the unfinished trials with that error, as it would alone."""
+    """Run ``batch`` as one computation. What vmap cannot batch runs the rest one at a time.
+
+    When the user's code raises inside the batch, the error vmap shows may not be theirs (an
+    extra trial dimension, a frame inside torch's decompositions): the first unfinished trial
+    then runs alone, as it would without stabsweep. If it fails alone at the same step, that is
+    the error of every unfinished trial, each keeping the steps it ran in the batch; if it does
+    not, the batch met a limit of vmap, and the rest run one at a time, saying so. An error
+    raised in stabsweep's own code is a bug: it is raised, not blamed on the trials.
+    """
     from stabsweep.training.checkpoint import Checkpointer
-    from stabsweep.training.common import failed_result
+    from stabsweep.training.common import failed_result, trial_failure
     from stabsweep.training.vectorized import TrialBatch
     from stabsweep.training.vmap_support import NotVectorizable
 
@@ -115,14 +122,26 @@ def _vectorized(
         return
     except NotVectorizable as exc:
         reason = str(exc)
-    except Exception as exc:  # noqa: BLE001 - sorted below: a vmap limit, or a failure of the trials
+    except Exception as exc:
         if not vmap_cannot(exc):
-            for spec in batch:
-                if spec.trial_id not in finished:
-                    records = trials.records(spec) if trials is not None else None
-                    yield dataclasses.replace(failed_result(spec, exc, start, device, records), engine="vectorized")
-            return
-        first_sentence = str(exc).split(". ")[0].splitlines()[0]
-        reason = f"vmap raised {type(exc).__name__}: {first_sentence}"
+            if not trial_failure(exc):
+                raise
+            unfinished = [spec for spec in batch if spec.trial_id not in finished]
+            records = {spec.trial_id: trials.records(spec) if trials is not None else None for spec in unfinished}
+            alone = next(_one_at_a_time(unfinished[:1], job, device, progress=progress))
+            failed_step = trials.steps_done if trials is not None else 0
+            if alone.status is TrialStatus.FAILED and alone.steps_run == failed_step:
+                yield dataclasses.replace(alone, engine="vectorized")
+                for spec in unfinished[1:]:
+                    result = failed_result(spec, exc, start, device, records[spec.trial_id])
+                    yield dataclasses.replace(result, reason=alone.reason, error=alone.error, engine="vectorized")
+                return
+            first_sentence = str(exc).split(". ")[0].splitlines()[0]
+            reason = f"the batch raised {type(exc).__name__} ({first_sentence}), which a trial alone does not"
+            yield dataclasses.replace(alone, fallback=reason)
+            finished.add(alone.spec.trial_id)
+        else:
+            first_sentence = str(exc).split(". ")[0].splitlines()[0]
+            reason = f"vmap raised {type(exc).__name__}: {first_sentence}"
     unfinished = [s for s in batch if s.trial_id not in finished]
     yield from _one_at_a_time(unfinished, job, device, fallback=reason, progress=progress)

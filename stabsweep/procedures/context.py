@@ -78,6 +78,7 @@ class Context:
     told: set[str] = field(default_factory=set)  # engine notes already printed: say each once
     plot_warnings: list[str] = field(default_factory=list)  # plots that could not be drawn, and why
     within: str | None = None  # the command running this one as a stage (tune): it names the next step itself
+    epoch_length: int | None = None  # batches per epoch of train_data, when it has a length (set by job())
 
     @property
     def run_root(self) -> Path:
@@ -104,6 +105,10 @@ class Context:
             workload = factory.check(self.config.seed)
         except UserError as exc:  # name the config file, as every other config error does
             raise UserError(f"{self.config.source}: {exc.message}") from None
+        try:
+            self.epoch_length = len(workload.train_data) or None
+        except TypeError:  # an iterable without a length: batches are named by step only
+            self.epoch_length = None
         if execution.engine == "vectorized":
             from stabsweep.training.vmap_support import why_not_vectorizable
 

@@ -85,7 +85,7 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     trials, steps, evals = store.finalize()
     ctx.stop_if_nothing_trained(store, trials, COMMAND)
     sweep = trials[trials["phase"] == "sweep"]
-    found = lr_findings(sweep)
+    found = lr_findings(sweep, steps)
 
     early: dict[str, Any] | None = None
     if early_check and found.best_lr is not None:
@@ -144,10 +144,10 @@ def next_command(ctx: Context, found: LrFindings, grid: list[float]) -> str:
     config, root = ctx.config, str(ctx.run_root)
     source = shlex.quote(config.source)
     lowest = found.rates[0] if found.rates else None
-    if found.best_lr is None or (
-        lowest and lowest[TrialStatus.DIVERGED.value]
-    ):  # nothing trains, or even the lowest rate blows up:
-        return f"stabsweep doctor {source}"  # rule out a bug before sweeping further
+    if found.best_lr is None or found.rate_independent or (lowest and lowest[TrialStatus.DIVERGED.value]):
+        # nothing trains, a failure the rate does not explain, or even the lowest rate blows
+        # up: rule out a bug in the data, loss or model before sweeping further
+        return f"stabsweep doctor {source}"
     if found.unstable_base_lr is not None:
         return f"stabsweep warmup --from {shlex.quote(root)}"
     high = grid[-1] * 1000
@@ -157,7 +157,7 @@ def next_command(ctx: Context, found: LrFindings, grid: list[float]) -> str:
 def _summary(
     ctx: Context, found: LrFindings, sweep: Any, early: dict[str, Any] | None, grid: list[float]
 ) -> dict[str, Any]:
-    text = verdict(found)
+    text = verdict(found, ctx.epoch_length)
     if early is not None and early["early_instability"]:
         text += " " + early["verdict"]
     return {
@@ -180,11 +180,15 @@ def _summary(
         "rates": found.rates,
         "statuses": {str(k): int(v) for k, v in sweep["status"].value_counts().items()},
         "early_check": early,
+        "rate_independent": _with_batch(found.rate_independent, ctx.epoch_length),
         "rules": {
             "feasible_rate": "every seed's trial is ok or unstable",
             "best_lr": f"the feasible rate with the lowest mean {found.objective} over its seeds",
             "unstable_base_lr": "smallest rate above best_lr where any seed diverged, was unstable or learned nothing",
             "p_unstable": "share of a rate's seeds that diverged, were unstable or learned nothing",
+            "rate_independent": "every rate over two decades or more failing at the same step (one batch), or "
+            "every rate's loss non-finite within the first steps from a finite start: the data, the loss or the "
+            "model's numerics, not the rate; trials unstable only at that step count as ok for their rate",
             "early_check": "the first early_check_steps of the real run at early_check_multiplier × lr*; an early "
             "instability is a divergence or a rise in the first detect.early_fraction of the real run",
             "detect": ctx.config.detect.model_dump(),
@@ -200,6 +204,14 @@ def _summary(
         ),
         "next_command": next_command(ctx, found, grid),
     }
+
+
+def _with_batch(found: dict[str, Any] | None, epoch_length: int | None) -> dict[str, Any] | None:
+    """The rate-independent failure for summary.json, with the batch's place in the data when known."""
+    if found is None or found["kind"] != "same_step" or not epoch_length:
+        return found
+    step = found["step"]
+    return {**found, "epoch": (step - 1) // epoch_length, "batch": (step - 1) % epoch_length}
 
 
 def _plot(ctx: Context, folder: Any, sweep: Any, steps: Any, found: LrFindings) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from stabsweep.records import TrialSpec
 from stabsweep.report import sweep_plots
 from stabsweep.report.console import print_verdict
 from stabsweep.results.runs import read_lr_run
-from stabsweep.workloads.factory import resolve_factory
+from stabsweep.workloads.factory import factory_seen_from
 
 COMMAND = "tune"
 COLORS = {"none": "0.45", "warmup": "tab:blue", "clip": "tab:orange", "both": "tab:green"}
@@ -280,10 +279,9 @@ def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, 
     train["warmup_steps"] = config.train.warmup_steps + (warmup_steps or 0)
     if clip:
         train["clip"] = {"threshold": float(f"{clip:.6g}")}
-    if config.workload.factory:
-        path, _, function = resolve_factory(config.workload, config.source).target.rpartition(":")
-        if path.endswith(".py"):  # a file path resolves from the config's folder: from the new file's now
-            data["workload"]["factory"] = f"{os.path.relpath(path, folder)}:{function}"
+    moved = factory_seen_from(config.workload, config.source, folder)
+    if moved:  # a file path resolves from the config's folder: from the new file's now
+        data["workload"]["factory"] = moved
     data.setdefault("lr_sweep", {})["lrs"] = {
         "min": float(f"{best / 10:.3g}"),
         "max": float(f"{best * 10:.3g}"),

@@ -82,7 +82,7 @@ class ResultsStore:
                 path.unlink()
 
     def write_config(self, config: Config) -> None:
-        (self.folder / "config.yaml").write_text(dump_config(config))
+        (self.folder / "config.yaml").write_text(dump_config(config, self.folder))
 
     def write(self, result: TrialResult) -> None:
         """Append one finished trial; the trials.csv row goes last (see module docstring)."""
@@ -137,7 +137,7 @@ class ResultsStore:
         if not saved_path.exists():
             return
         saved = yaml.safe_load(saved_path.read_text())
-        current = yaml.safe_load(dump_config(config))
+        current = yaml.safe_load(dump_config(config, self.folder))
         for settings in (saved, current):  # how trials run may change between runs; what they are may not
             settings.pop("execution", None)
             for sweep in ("lr_sweep", "warmup_sweep", "clip_sweep"):  # more seeds: only the new ones run

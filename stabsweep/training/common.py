@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from stabsweep.analysis.rules import judge, smoothed
+from stabsweep.errors import raised_in_user_code, user_code
 from stabsweep.optim.schedules import lr_table
 from stabsweep.records import StepLog, TrialResult, TrialSpec, TrialStatus
 from stabsweep.workloads.base import Workload
@@ -50,10 +51,11 @@ def lr_schedule(spec: TrialSpec) -> np.ndarray:
 
 def training_loss(workload: Workload, model: torch.nn.Module, batch: Any) -> torch.Tensor:
     """The workload's objective: ``loss(model, batch)``, or ``loss_fn(model(inputs), targets)``."""
-    if workload.loss is not None:
-        return workload.loss(model, batch)
-    inputs, targets = batch
-    return workload.loss_fn(model(inputs), targets)
+    with user_code():
+        if workload.loss is not None:
+            return workload.loss(model, batch)
+        inputs, targets = batch
+        return workload.loss_fn(model(inputs), targets)
 
 
 def classifies(outputs: Any, targets: Any) -> bool:
@@ -88,6 +90,10 @@ class EvalTerms:
         self.notes: list[str] = []
 
     def __call__(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        with user_code():
+            return self._sums(model, batch)
+
+    def _sums(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         n = batch_size_of(batch)
         if self.workload.loss is not None:
             return {"loss": self.workload.loss(model, batch) * n}
@@ -147,13 +153,26 @@ def eval_sums(terms: Callable[[Any], dict[str, torch.Tensor]], data: Any, device
     batch did not return (a metric dropped part-way) is left out of the total."""
     totals: dict[str, torch.Tensor] | None = None
     count = 0
-    for batch in data:
+    for batch in user_iterable(data):
         if not on_device:
             batch = to_device(batch, device)
         sums = terms(batch)
         totals = dict(sums) if totals is None else {k: totals[k] + sums[k] for k in totals if k in sums}
         count += batch_size_of(batch)
     return totals or {}, count
+
+
+def user_iterable(data: Any) -> Iterator[Any]:
+    """Iterate the user's data, marking what it raises as theirs (errors.user_code)."""
+    with user_code():
+        iterator = iter(data)
+    while True:
+        with user_code():
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+        yield batch
 
 
 def eval_record(step: int, sums: dict[str, float], count: int) -> dict[str, float]:
@@ -212,12 +231,15 @@ class DataStream:
                 outside = self._own_state()
                 self.epoch, self.position = self.epoch + 1, 0
                 self.epoch_rng.append(rng_state(self.device))
-                self.iterator = iter(self.data)
+                with user_code():
+                    self.iterator = iter(self.data)
             try:
-                batch = next(self.iterator)
+                with user_code():
+                    batch = next(self.iterator)
             except StopIteration:
                 if self.position == 0:  # an empty epoch would loop forever
-                    raise ValueError("train_data yielded no batch") from None
+                    with user_code():
+                        raise ValueError("train_data yielded no batch") from None
                 self.iterator = None
                 continue
             finally:
@@ -291,7 +313,8 @@ def trial_result(
     steps_run = losses.size
     evals = [e for e in evals if e["step"] <= steps_run]  # evals past a diverged step of a chunk
     verdict = judge(losses, detect, num_classes, run_length=spec.run_steps)
-    eval_losses = [e["eval_loss"] for e in evals if math.isfinite(e["eval_loss"])]
+    # The evaluation at step 0 is of the untrained model: a trial that never beat it did not train.
+    eval_losses = [e["eval_loss"] for e in evals if e["step"] > 0 and math.isfinite(e["eval_loss"])]
     return TrialResult(
         spec,
         verdict.status,
@@ -302,6 +325,7 @@ def trial_result(
         final_train_loss=float(smoothed(losses, detect.smoothing)[-1]) if steps_run else None,
         diverged_step=verdict.diverged_step,
         instability=verdict.instability,
+        instability_step=verdict.step if verdict.status.instability else None,
         steps=step_log(lrs, losses, norms, thresholds),
         evals=evals,
     )
@@ -317,6 +341,12 @@ def step_log(lrs: np.ndarray, losses: np.ndarray, norms: np.ndarray, thresholds:
         clip_threshold=thresholds,
         clipped=norms > np.nan_to_num(thresholds, nan=np.inf),
     )
+
+
+def trial_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` fails the trial (the user's code raised it, or memory ran out) rather
+    than being a bug of stabsweep's, which must reach the user as one (exit 1, traceback)."""
+    return raised_in_user_code(exc) or isinstance(exc, torch.OutOfMemoryError)
 
 
 def failed_result(

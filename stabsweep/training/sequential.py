@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.nn.utils import clip_grads_with_norm_
 
-from stabsweep.analysis.rules import diverged, divergence_step
+from stabsweep.analysis.rules import bad_loss, divergence_step
+from stabsweep.errors import user_code
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
 from stabsweep.training.checkpoint import Checkpointer
@@ -44,6 +45,7 @@ from stabsweep.training.common import (
     step_log,
     to_device,
     training_loss,
+    trial_failure,
     trial_result,
 )
 from stabsweep.training.gradients import FlatGrads
@@ -62,15 +64,18 @@ def train_trial(
     progress: Progress | None = None,
     layers_every: int = 0,
 ) -> TrialResult:
-    """Run one trial (from ``resume``, a checkpoint's state, when given); an exception inside
-    it is a FAILED result with the steps it ran, never a crash of the sweep."""
+    """Run one trial (from ``resume``, a checkpoint's state, when given). What the user's code
+    raises (errors.user_code), or running out of memory, is a FAILED result with the steps it
+    ran, never a crash of the sweep; anything else is a bug of stabsweep's and is raised."""
     start = time.perf_counter()
     trial = None
     try:
         checkpointer = Checkpointer(*checkpoints, [spec])
         trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, checkpointer, layers_every)
         return trial.run(start, resume, progress)
-    except Exception as exc:  # noqa: BLE001 - a trial that raises is a result, not a crash
+    except Exception as exc:
+        if not trial_failure(exc):
+            raise
         return failed_result(spec, exc, start, device, trial.records() if trial else None)
 
 
@@ -142,6 +147,8 @@ class _Trial:
         """Train to the last step; the step the trial diverged at, or None."""
         next_report = 0.0
         steps, device, divergence_factor = self.spec.steps, self.device, self.detect.divergence_factor
+        patience = self.detect.divergence_patience
+        bad_run = 0  # losses above the divergence bar in a row, up to this step
         group = self.optimizer.param_groups[0]
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
         losses = self.losses
@@ -156,7 +163,8 @@ class _Trial:
                 batch = to_device(batch, device)
             loss = training_loss(self.workload, self.model, batch)
             grads.zero()
-            loss.backward()
+            with user_code():  # the backward of the user's graph (a custom autograd.Function's, say)
+                loss.backward()
             norm = grads.norm()
             if read_now:
                 losses[step] = loss.item()
@@ -177,13 +185,18 @@ class _Trial:
             self.step = done = step + 1
             if read_now:  # one fresh loss: plain floats beat numpy calls
                 self.synced = done
-                if diverged(losses[step], losses[0], divergence_factor):
-                    return done
+                if bad_loss(losses[step], losses[0], divergence_factor):
+                    bad_run += 1
+                    if bad_run > patience or not math.isfinite(losses[step]):
+                        return done
+                else:
+                    bad_run = 0
             elif done - self.synced >= self.sync_every or done == steps:
                 synced = self.synced
                 losses[synced:done] = torch.stack(self.step_losses[synced:done]).cpu().numpy()
                 self.synced = done
-                diverged_at = divergence_step(losses[synced:done], losses[0], divergence_factor, offset=synced)
+                since = max(0, synced - patience)  # a run of bad losses may have begun in the last chunk
+                diverged_at = divergence_step(losses[since:done], losses[0], divergence_factor, since, patience)
                 if diverged_at is not None:
                     return diverged_at
             if done % self.spec.eval_every == 0 or done == steps:

@@ -42,6 +42,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from stabsweep.analysis.rules import divergence_steps
+from stabsweep.errors import user_code
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
 from stabsweep.training.checkpoint import Checkpointer
@@ -182,7 +183,8 @@ class TrialBatch:
     def _gradients(self, loss: torch.Tensor, step: int) -> list[torch.Tensor]:
         """Every trial's gradients, one tensor per parameter in the rows. Trials are independent,
         so the gradient of the summed loss with respect to a trial's row is that of its own loss."""
-        grads = torch.autograd.grad(loss.sum(), self.grad_inputs, allow_unused=True)
+        with user_code():  # the backward of the user's graph (a custom autograd.Function's, say)
+            grads = torch.autograd.grad(loss.sum(), self.grad_inputs, allow_unused=True)
         if step == 0:
             return self._settle(grads)
         rows = len(self.params)
@@ -316,8 +318,10 @@ class TrialBatch:
         """Read the losses since the last read to the host and stop the trials that diverged."""
         active, synced = self.active, self.synced
         self.losses[active, synced:done] = self.loss_buf[self.rows, synced:done].cpu().numpy()
+        patience = self.detect.divergence_patience
+        since = max(0, synced - patience)  # a run of bad losses may have begun in the last chunk
         diverged = divergence_steps(
-            self.losses[active, synced:done], self.losses[active, 0], self.detect.divergence_factor, offset=synced
+            self.losses[active, since:done], self.losses[active, 0], self.detect.divergence_factor, since, patience
         )
         self.synced = done
         results = [self._result(active[i], int(diverged[i])) for i in np.flatnonzero(diverged)]

@@ -19,13 +19,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stabsweep.errors import UserError, did_you_mean
+from stabsweep.errors import UserError, did_you_mean, user_code
 from stabsweep.workloads.base import Workload
 
 # name -> "module:function"; imported only when a trial needs it, so the CLI starts fast.
@@ -51,6 +52,10 @@ class WorkloadFactory:
         return _load(self.target, self.key, self.start_folder)
 
     def __call__(self, seed: int) -> Workload:
+        with user_code():  # what the factory raises, or a factory that returns the wrong thing, is the user's
+            return self._build(seed)
+
+    def _build(self, seed: int) -> Workload:
         fn = self.function()
         kwargs = dict(self.args)
         if self.batch_size is not None and _accepts(fn, "batch_size"):
@@ -124,6 +129,21 @@ def resolve_factory(workload: Any, config_source: str | None = None) -> Workload
         target = str(found.resolve())
         return WorkloadFactory(f"{target}:{fn_name}", dict(workload.args), workload.batch_size)
     return WorkloadFactory(workload.factory, dict(workload.args), workload.batch_size, start_folder=str(Path.cwd()))
+
+
+def factory_seen_from(workload: Any, config_source: str | None, folder: Path) -> str | None:
+    """A file factory (``file.py:fn``) written as a path relative to ``folder``, for a config
+    saved there (a run's ``config.yaml``, tune's ``recommended.yaml``) to keep naming the same
+    file from any working directory; None for a built-in, a module path or a missing file."""
+    if not workload.factory:
+        return None
+    try:
+        path, _, function = resolve_factory(workload, config_source).target.rpartition(":")
+    except UserError:
+        return None
+    if not path.endswith(".py"):
+        return None
+    return f"{os.path.relpath(path, Path(folder).resolve())}:{function}"
 
 
 def import_module_of(target: str, start_folder: str | None = None) -> Any:
