@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -36,17 +38,31 @@ def test_what_counts_as_vmap_unable_to_batch(message, cannot):
     assert not vmap_cannot(AttributeError(message))
 
 
-def test_an_engine_bug_fails_the_trials_instead_of_falling_back(monkeypatch):
-    """A bug in the batch is not absorbed as a slower run: the trials fail, naming the error."""
+def test_an_engine_bug_is_raised_not_blamed_on_the_trials(monkeypatch):
+    """A bug in stabsweep's own code is neither absorbed as a slower run nor reported as every
+    trial of the user failing: it is raised (the CLI's exit 1, with the traceback)."""
 
     def broken_step(self, lrs):
         raise AttributeError("'TrialBatch' object has no attribute 'momentum_rows'")
 
     monkeypatch.setattr(TrialBatch, "_step", broken_step)
-    results = list(run_trials(specs(0.01, 0.1), job()))
+    with pytest.raises(AttributeError, match="momentum_rows"):
+        list(run_trials(specs(0.01, 0.1), job()))
+
+
+def test_an_error_of_the_users_code_in_a_batch_is_the_one_the_trial_raises_alone():
+    """vmap shows the user's error with an extra trial dimension, from inside torch: the trial
+    run alone gives their own error, and every unfinished trial of the batch reports it."""
+
+    def build(seed):
+        workload = MLP(seed)
+        workload.loss_fn = lambda outputs, targets: torch.nn.functional.cross_entropy(outputs, targets + 9)
+        return workload
+
+    results = list(run_trials(specs(0.01, 0.1), dataclasses.replace(job(), factory=build)))
     assert [r.status for r in results] == [TrialStatus.FAILED, TrialStatus.FAILED]
-    assert all(r.fallback is None and r.engine == "vectorized" for r in results)
-    assert all("momentum_rows" in r.error for r in results)
+    assert all(r.error.startswith("IndexError: Target") and "out of bounds" in r.error for r in results)
+    assert all("dimension" not in r.error for r in results)
 
 
 def test_what_vmap_cannot_batch_falls_back_and_says_why(monkeypatch):

@@ -131,6 +131,21 @@ def lr_grid(suggested: float | None, divergence: float | None, min_lr: float, ma
     return {"min": float(f"{low:.3g}"), "max": float(f"{high:.3g}"), "num": max(5, round(2 * decades) + 1)}
 
 
+def safe_suggestion(
+    suggestions: dict[str, float], chosen: str, best_lr: float | None, unstable: float | None
+) -> tuple[str, float] | None:
+    """When the chosen suggestion is at or above ``unstable`` (where full training already
+    failed in an lr sweep), the rate to point to instead: the highest suggestion below it,
+    else the sweep's lr*; None when the chosen one is below it (or nothing is known)."""
+    if unstable is None or chosen not in suggestions or suggestions[chosen] < unstable:
+        return None
+    below = {name: lr for name, lr in suggestions.items() if lr < unstable}
+    if below:
+        name = max(below, key=below.get)
+        return name, below[name]
+    return ("best_lr of the lr sweep", best_lr) if best_lr is not None else None
+
+
 def against_full_training(divergence: float | None, unstable: float | None) -> str | None:
     """How the range test's divergence compares with the rate where full training became unstable."""
     if divergence is None or unstable is None:
@@ -149,9 +164,30 @@ def against_full_training(divergence: float | None, unstable: float | None) -> s
     return f"the range test blows up at {divergence:.3g}, close to {unstable:.3g} where full training becomes unstable"
 
 
-def verdict(found: RangeFindings, chosen: str, comparison: str | None) -> str:
-    """The range test in words."""
-    if not found.dip:
+def verdict(
+    found: RangeFindings,
+    chosen: str,
+    comparison: str | None,
+    unstable: float | None = None,
+    best_lr: float | None = None,
+    instead: tuple[str, float] | None = None,
+) -> str:
+    """The range test in words; ``instead`` (:func:`safe_suggestion`) when the chosen suggestion
+    sits at or above ``unstable``, where the lr sweep in the same folder already failed."""
+    if found.dip and instead is not None:
+        lr = found.suggestions[chosen]
+        text = (
+            f"The range test's {chosen} suggestion {lr:.3g} is at or above {unstable:.3g}, where full training "
+            "already became unstable in the lr sweep of this run folder: do not train at it (a range test spends "
+            "one step at each rate, which overestimates what training tolerates)."
+        )
+        if best_lr is not None:
+            text += f" The lr sweep's best rate is {best_lr:.3g}."
+        if instead[1] != best_lr:
+            text += f" The highest suggestion below {unstable:.3g} is {instead[0]} {instead[1]:.3g}."
+        names = ", ".join(f"{name} {value:.3g}" for name, value in found.suggestions.items())
+        text += f" (Suggestions: {names}.)"
+    elif not found.dip:
         text = (
             f"The {found.curve} loss never dips over this range of rates (flat or rising): no suggestion. "
             "Widen the range (lower find.min_lr, raise find.max_lr) or give the test more steps."

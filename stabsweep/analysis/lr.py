@@ -105,6 +105,10 @@ def rate_independent(trials: pd.DataFrame, steps: pd.DataFrame | None = None) ->
     judged = trials[statuses != TrialStatus.FAILED]
     if judged.empty or "instability_step" not in judged:
         return None
+    if steps is not None and (judged["status"].map(TrialStatus.of) == TrialStatus.DIVERGED).all():
+        found = _non_finite_start(judged, steps)
+        if found is not None:
+            return found
     for seed, part in judged.sort_values("lr").groupby("seed", sort=True):
         first = part.iloc[0]
         step = first["instability_step"]
@@ -121,8 +125,10 @@ def rate_independent(trials: pd.DataFrame, steps: pd.DataFrame | None = None) ->
                 "rates": [float(lr) for lr in lrs],
                 "trial_ids": [int(t) for t in part["trial_id"].to_numpy()[:run]],
             }
-    if steps is None or not (judged["status"].map(TrialStatus.of) == TrialStatus.DIVERGED).all():
-        return None
+    return None
+
+
+def _non_finite_start(judged: pd.DataFrame, steps: pd.DataFrame) -> dict[str, Any] | None:
     rows = steps[steps["trial_id"].isin(judged["trial_id"])]
     last = rows.sort_values("step").groupby("trial_id").tail(1)
     early_nan = (last["step"] <= FIRST_STEPS) & ~np.isfinite(last["train_loss"].astype(float))
@@ -223,6 +229,12 @@ def _findings(trials: pd.DataFrame) -> LrFindings:
         first = failing[failing["status"] == worst].iloc[0]
         found.unstable_kind, found.unstable_trial_id = worst.value, int(first["trial_id"])
         found.unstable_reason = _failure_reason(first, len(failing), int(rate["seeds"]), worst)
+        if worst is TrialStatus.UNSTABLE and int(rate["seeds"]) == 1:
+            found.warnings.append(
+                f"the unstable rate {found.unstable_base_lr:.3g} rests on one seed's trial that rose and recovered "
+                "(it did not diverge): such an edge can move with the seed, or with float rounding alone; "
+                "confirm it with --seeds 3"
+            )
 
     grid = sorted(rates["lr"])
     if math.isclose(found.best_lr, grid[0]):

@@ -14,7 +14,9 @@ mitigation's trials get the lr sweep's findings (``analysis/lr.py``). The choice
    unstable base rate, or past the top of the grid when none was found) is at least as wide
    as that of every simpler candidate: a fix is taken for a better loss, never at the cost of
    the range a simpler choice had. A fix that only widens the range (same loss) is not taken;
-   the verdict names it, as margin for a higher rate or a larger model.
+   the verdict names it, as margin for a higher rate or a larger model. When the best
+   objective comes only with a narrower range, the best of the candidates that keep the
+   range is chosen (the simplest within 1% of it), and the verdict names the trade.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Choice:
     candidates: list[str] = field(default_factory=list)
     reason: str = ""
     others: list[Mitigated] = field(default_factory=list)  # the candidates not chosen
+    trade: str | None = None  # a better objective that came only with a narrower range, in words
 
 
 def choose(mitigated: dict[str, Mitigated]) -> Choice:
@@ -94,19 +97,28 @@ def choose(mitigated: dict[str, Mitigated]) -> Choice:
     if not candidates:
         return Choice(None, before, [], "no mitigation trained at any rate of the grid")
     bar = min(m.findings.best_objective for m in candidates)
-    chosen = None
-    for m in candidates:
-        good = m.findings.best_objective <= bar * (1 + SAME_WITHIN) + 1e-12
-        wide = all(m.stable_up_to >= simpler.stable_up_to for simpler in candidates[: candidates.index(m)])
-        if good and wide:
-            chosen = m
-            break
+    # Those whose stable range is at least as wide as every simpler candidate's (the simplest always is).
+    wide = [m for i, m in enumerate(candidates) if all(m.stable_up_to >= s.stable_up_to for s in candidates[:i])]
+    chosen = next((m for m in wide if m.findings.best_objective <= bar * (1 + SAME_WITHIN) + 1e-12), None)
     reason = f"the simplest mitigation within {SAME_WITHIN:.0%} of the best objective ({bar:.4g}) and as stable"
-    if chosen is None:  # the best loss only with a narrower range: take the best loss
-        chosen = min(candidates, key=lambda m: m.findings.best_objective)
-        reason = f"the best objective ({bar:.4g}); every choice near it narrowed the stable range"
+    trade = None
+    if chosen is None:  # the best loss comes only with a narrower range: keep the range, name the trade
+        best = min(candidates, key=lambda m: m.findings.best_objective)
+        wide_bar = min(m.findings.best_objective for m in wide)
+        chosen = next(m for m in wide if m.findings.best_objective <= wide_bar * (1 + SAME_WITHIN) + 1e-12)
+        edge = best.findings.unstable_base_lr
+        trade = (
+            f"{best.name} reaches a better objective ({bar:.4g}, against {chosen.findings.best_objective:.4g}) but "
+            f"only with a narrower stable range (unstable at {'–' if edge is None else f'{edge:.3g}'}, against "
+            f"{_edge(chosen)} with {chosen.name})"
+        )
+        reason = f"the simplest mitigation that keeps the stable range; {trade}"
     others = [m for m in candidates if m is not chosen]
-    return Choice(chosen, before, [m.name for m in candidates], reason, others)
+    return Choice(chosen, before, [m.name for m in candidates], reason, others, trade)
+
+
+def _edge(m: Mitigated) -> str:
+    return "no rate of the grid" if m.findings.unstable_base_lr is None else f"{m.findings.unstable_base_lr:.3g}"
 
 
 def gains(choice: Choice) -> tuple[float | str | None, float | None]:
@@ -140,12 +152,19 @@ def describe(name: str, warmup_steps: int | None, clip_threshold: float | None) 
 
 def verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | None) -> str:
     """The whole procedure's answer in plain words."""
-    before, after = choice.before.findings, choice.chosen.findings if choice.chosen else None
-    if after is None:
+    if choice.chosen is None:
         return (
             "No mitigation trained at any rate of the grid. The playbook's next steps: a lower rate, normalisation or "
             "residual changes to the model, or a different optimizer; run stabsweep doctor first."
         )
+    text = _verdict(choice, warmup_steps, clip_threshold)
+    if choice.trade:
+        text += f" Not chosen: {choice.trade}; a fix is never taken at the cost of the stable range."
+    return text
+
+
+def _verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | None) -> str:
+    before, after = choice.before.findings, choice.chosen.findings
     range_gain, _ = gains(choice)
     loss = "best eval loss" if before.objective == "best_eval_loss" else before.objective.replace("_", " ")
     if choice.chosen.name == "none":

@@ -225,6 +225,11 @@ class Session:
             console.print(f"error: {exc.message}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except RunFailed as exc:
+            if self.options.quiet or self.options.json_output:  # said even so, as pytest -q prints its failures
+                from stabsweep.report.console import failure_lines
+
+                for line in failure_lines(exc.summary):
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
             self._print_json(exc.summary)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:

@@ -200,7 +200,8 @@ class Context:
             "nothing_trained": True,
             "verdict": verdict,
             "warnings": [],
-            "next_command": f"stabsweep {command} {shlex.quote(self.config.source)} --force  # after fixing the error",
+            # doctor runs the data, labels and loss checks that name the fault (docs/contract.md)
+            "next_command": f"stabsweep doctor {shlex.quote(self.config.source)}",
         }
         store.write_summary(summary)
         print_verdict(self.console, verdict, [], summary["next_command"], str(store.folder))

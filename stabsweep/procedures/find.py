@@ -20,6 +20,7 @@ from stabsweep.analysis.find import (
     lowest_loss,
     lr_grid,
     median_curve,
+    safe_suggestion,
     smoothed,
     verdict,
 )
@@ -90,11 +91,28 @@ def run(ctx: Context, inner: bool = False) -> dict[str, Any]:
         found.divergence_lr is None and len(curve) < find.steps
     ):  # the engine stopped it: a loss above factor × its first
         found.divergence_lr, found.stop_step = float(lrs[len(curve) - 1]), len(curve)
-    suggested = found.suggestions.get(find.suggestion)
-    grid = lr_grid(suggested, found.divergence_lr, find.min_lr, find.max_lr)
-    comparison = _against_lr_run(ctx, found.divergence_lr)
+    known = _lr_run_findings(ctx)
+    unstable, best_lr = known.get("unstable_base_lr"), known.get("best_lr")
+    instead = safe_suggestion(found.suggestions, find.suggestion, best_lr, unstable)
+    suggested = instead[1] if instead else found.suggestions.get(find.suggestion)
+    # The grid reaches 3× past where training is known to fail, not past the range test's blow-up only.
+    edges = [rate for rate in (found.divergence_lr, unstable) if rate is not None]
+    grid = lr_grid(suggested, min(edges) if edges else None, find.min_lr, find.max_lr)
+    comparison = against_full_training(found.divergence_lr, unstable)
     _write_steps(store, trials, steps, evals if find.eval_every else evals.iloc[:0], find.smoothing)
     summary = _summary(ctx, found, suggested, grid, comparison)
+    if instead is not None:
+        summary["suggestion_above_unstable"] = {
+            "suggestion": find.suggestion,
+            "lr": found.suggestions[find.suggestion],
+            "unstable_base_lr": unstable,
+            "instead": {"name": instead[0], "lr": instead[1]},
+        }
+        summary["verdict"] = verdict(found, find.suggestion, comparison, unstable, best_lr, instead)
+        summary["warnings"].append(
+            f"the {find.suggestion} suggestion {found.suggestions[find.suggestion]:.3g} is at or above the unstable "
+            f"rate {unstable:.3g} of the lr sweep in this folder; suggested_lr is {instead[0]} {instead[1]:.3g} instead"
+        )
     ctx.plot(
         plots.range_test,
         store.read("steps.csv"),
@@ -110,15 +128,14 @@ def run(ctx: Context, inner: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _against_lr_run(ctx: Context, divergence: float | None) -> str | None:
-    """The comparison with a finished lr sweep under the same run folder, when there is one."""
+def _lr_run_findings(ctx: Context) -> dict[str, Any]:
+    """What a finished lr sweep under the same run folder found (its summary), or {}."""
     from stabsweep.results.runs import read_lr_run
 
     try:
-        lr_run = read_lr_run(ctx.run_root)
+        return read_lr_run(ctx.run_root).summary
     except UserError:
-        return None
-    return against_full_training(divergence, lr_run.summary.get("unstable_base_lr"))
+        return {}
 
 
 def _write_steps(store: Any, trials: Any, steps: Any, evals: Any, beta: float) -> None:

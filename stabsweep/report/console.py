@@ -92,3 +92,21 @@ def print_verdict(
         console.print(f"[dim]Results in {files}[/]")
     if next_command:
         console.print(f"[bold]Next:[/] {next_command}", soft_wrap=True)
+
+
+def failure_lines(summary: dict[str, Any]) -> list[str]:
+    """What a failed run (exit 3) must say even under ``--quiet``, one line each: the error
+    when nothing trained, each failed ``doctor`` check, each failed criterion of the gate."""
+    command = summary.get("command", "stabsweep")
+    lines = []
+    if summary.get("nothing_trained"):
+        lines.append(f"{command}: {summary['verdict']}")
+    for check in summary.get("checks") or []:
+        if check.get("status") == "fail":
+            advice = f" ({check['advice']})" if check.get("advice") else ""
+            lines.append(f"doctor: {check['name']} failed: {check['measured']}{advice}")
+    gate = summary.get("gate") or {}
+    for criterion in gate.get("criteria") or []:
+        if not criterion.get("passed"):
+            lines.append(f"{command}: stability gate failed: {criterion['name']}: {criterion['message']}")
+    return lines

@@ -13,6 +13,7 @@ of a batch or every 30 seconds.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,8 @@ PLAIN_EVERY_FRACTION = 0.1  # ...or each time the running batch gets this much f
 def describe(result: TrialResult) -> str:
     """One finished trial in a line: its setting, its status and what it reached."""
     spec = result.spec
-    setting = f"lr={spec.lr:.3g}"
+    ramp = spec.columns.get("phase") == "range_test"  # its rate grows every step: spec.lr is only the last
+    setting = f"range test up to lr={spec.lr:.3g}" if ramp else f"lr={spec.lr:.3g}"
     for key, name in (("warmup_steps", "warmup"), ("clip_threshold", "clip"), ("mitigation", "")):
         value = spec.columns.get(key)
         if value is not None and value != "none":
@@ -41,6 +43,10 @@ def describe(result: TrialResult) -> str:
     outcome = result.status.value.replace("_", " ")
     if result.status is TrialStatus.DIVERGED:
         outcome += f" at step {result.diverged_step}"
+        if result.steps is not None and result.diverged_step and len(result.steps.lr) >= result.diverged_step:
+            there = float(result.steps.lr[result.diverged_step - 1])
+            if not math.isclose(there, spec.lr, rel_tol=0.01):  # a ramp, a warmup, a decaying schedule
+                outcome += f" (lr {there:.3g} there)"
     elif result.status is TrialStatus.FAILED:
         outcome += f" ({result.reason})"
     best = "" if result.best_eval_loss is None else f", best eval {result.best_eval_loss:.4g}"
@@ -75,7 +81,8 @@ class SweepProgress:
             self.progress.start()
         elif not self.console.quiet:
             resumed = f", {self.finished} finished before" if self.finished else ""
-            self.console.print(f"{self.label}: {self.total} trials{resumed}", markup=False)
+            trials = f"{self.total} trial{'s' * (self.total != 1)}"
+            self.console.print(f"{self.label}: {trials}{resumed}", markup=False)
         return self
 
     def __exit__(self, *exc: object) -> None:

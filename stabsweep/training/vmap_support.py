@@ -53,11 +53,18 @@ def noting_looped_ops(looped: set[str]) -> Iterator[None]:
 
 
 def why_not_vectorizable(model: nn.Module) -> str | None:
-    """A reason known before running: layers whose training step mutates shared state, or
-    trainable weights of several dtypes, which one row of weights per trial cannot hold."""
+    """A reason known before running: layers whose training step mutates shared state,
+    trainable weights of several dtypes, which one row of weights per trial cannot hold, or
+    half-precision weights, whose batched step would not match the trial's own."""
     dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
     if len(dtypes) > 1:
         return f"its trainable parameters mix dtypes ({', '.join(sorted(dtypes))})"
+    half = dtypes & {"float16", "bfloat16"}
+    if half:
+        return (
+            f"its trainable parameters are {half.pop()}: the batched step (torch.optim's step at lr = 1, then each "
+            "trial's share of it) rounds differently in half precision from torch.optim's step at each trial's rate"
+        )
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             return (
