@@ -39,13 +39,17 @@ def parse_overrides(items: list[str] | None, flags: dict[str, tuple[str, Any]] |
         if not sep or not re.fullmatch(r"\s*[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\s*", key):
             raise UserError(f"--set {item}: expected key.sub=value, e.g. --set train.steps=200")
         try:
-            overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            overrides[key.strip()] = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise UserError(f"--set {item}: the value is not valid YAML ({exc.problem})") from None
     for key, (option, value) in (flags or {}).items():
         overrides[key] = value
         overrides.origins[key] = option
     return overrides
+
+
+# YAML 1.2's float (the core schema's), added to the loader's resolvers for the characters a number starts with.
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$")
 
 
 def _apply_override(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
@@ -64,7 +68,9 @@ def _apply_override(data: dict[str, Any], key: str, value: Any, origin: str) -> 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but a key written twice in one mapping is an error: the second
-    would silently win, and the user would sweep something other than what they read."""
+    would silently win, and the user would sweep something other than what they read. And
+    ``1e-4`` is a number, as in YAML 1.2 and Python: PyYAML follows YAML 1.1, where a float
+    needs a dot (``1.0e-4``), and reads ``1e-4`` as the string "1e-4"."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -81,6 +87,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if isinstance(key, (str, int, float, bool)):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def read_yaml(path: Path) -> Any:
