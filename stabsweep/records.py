@@ -127,6 +127,7 @@ class TrialResult:
     diverged_step: int | None = None
     instability: str | None = None  # "early" or "mid-training", for a diverged or unstable trial
     instability_step: int | None = None  # where the divergence, spike or rise was detected (1-based)
+    spike_step: int | None = None  # a batch whose loss jumped above the divergence bar and fell back at once
     error: str | None = None
     steps: StepLog | None = None
     layers: LayerLog | None = None
@@ -157,6 +158,7 @@ class TrialResult:
             "diverged_step": self.diverged_step,
             "instability": self.instability,
             "instability_step": self.instability_step,
+            "spike_step": self.spike_step,
             "steps_run": self.steps_run,
             "clipped_fraction": self.clipped_fraction,
             "wall_seconds": round(self.wall_seconds, 3),

@@ -143,3 +143,16 @@ def crashes_in_eval_mode(seed: int, batch_size: int = 32) -> stabsweep.Workload:
     torch.manual_seed(seed)
     train, val = _data(seed, batch_size)
     return stabsweep.Workload(Crashes(), train, val, loss_fn=nn.CrossEntropyLoss())
+
+
+def outlier_batch(seed: int, batch_size: int = 32, scale: float = 300.0) -> stabsweep.Workload:
+    """Batch 5 of every epoch (no shuffling) holds inputs ``scale``× too large: its loss is a
+    hundred times the others' at any rate, the data's fault and not the rate's."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(1234)
+    x = torch.randn(512, 16, generator=generator)
+    y = (x[:, :2] > 0).long() @ torch.tensor([1, 2])
+    x[5 * batch_size : 6 * batch_size] *= scale
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:448], y[:448]), batch_size=batch_size)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[448:], y[448:]), batch_size=64)
+    return stabsweep.Workload(_mlp(), train, val, loss_fn=nn.CrossEntropyLoss())

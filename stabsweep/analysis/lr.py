@@ -96,8 +96,9 @@ def rate_independent(trials: pd.DataFrame, steps: pd.DataFrame | None = None) ->
     """A failure the learning rate does not explain, or None (the module docstring's rule).
 
     ``same_step``: for some seed, the rates from the grid's lowest up over at least
-    ``RATE_INDEPENDENT_SPAN`` all diverged or were unstable at one step (the batch there, since
-    every rate of a seed sees the same batches). ``non_finite``: every trial, over rates as
+    ``RATE_INDEPENDENT_SPAN`` all diverged, were unstable or had one batch spike above the
+    divergence bar at one step (the batch there, since every rate of a seed sees the same
+    batches). ``non_finite``: every trial, over rates as
     far apart, diverged with a non-finite loss within the first ``FIRST_STEPS`` steps, from a
     finite first loss (needs ``steps``, the per-step losses). Returns the kind, the step, the rates and the trials.
     """
@@ -110,11 +111,14 @@ def rate_independent(trials: pd.DataFrame, steps: pd.DataFrame | None = None) ->
         if found is not None:
             return found
     for seed, part in judged.sort_values("lr").groupby("seed", sort=True):
-        first = part.iloc[0]
-        step = first["instability_step"]
-        if not TrialStatus.of(first["status"]).instability or step != step:  # NaN: no instability
+        # where each trial failed, or else where one batch spiked above the divergence bar
+        where = part["instability_step"]
+        if "spike_step" in part:
+            where = where.where(part["status"].map(lambda s: TrialStatus.of(s).instability), part["spike_step"])
+        step = where.iloc[0]
+        if step != step:  # NaN: the lowest rate neither failed nor spiked
             continue
-        same = part["instability_step"].eq(step).to_numpy()
+        same = where.eq(step).to_numpy()
         run = int(np.argmin(same)) if not same.all() else len(same)  # from the lowest rate up
         lrs = part["lr"].to_numpy()[:run]
         if run and lrs[-1] / lrs[0] >= RATE_INDEPENDENT_SPAN:
@@ -160,7 +164,7 @@ def describe_rate_independent(found: dict[str, Any], epoch_length: int | None = 
     if epoch_length:
         where += f" (batch {(step - 1) % epoch_length} of epoch {(step - 1) // epoch_length}, counting from 0)"
     return (
-        f"Every rate from {low:.3g} to {high:.3g} failed at the same {where}: a failure that does not depend "
+        f"Every rate from {low:.3g} to {high:.3g} failed or spiked at the same {where}: a failure that does not depend "
         "on the learning rate is not a learning-rate edge. The cause is that batch (an outlier in the data), "
         "the loss or the model's numerics: stabsweep doctor scans the batches."
     )
@@ -270,7 +274,7 @@ def verdict(found: LrFindings, epoch_length: int | None = None) -> str:
     if found.rate_independent is not None:
         text = describe_rate_independent(found.rate_independent, epoch_length)
         if found.best_lr is None:
-            return text + " No rate trained apart from it."
+            return text + " No rate of the grid trained either."
         rest = verdict(dataclasses.replace(found, rate_independent=None))
         return f"{text} Apart from it: {rest}"
     if found.best_lr is None:

@@ -25,6 +25,7 @@ Steps in reasons and in ``diverged_step`` are 1-based: step k is the k-th update
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class Verdict:
     diverged_step: int | None = None
     early: bool = False  # the instability fell in the run's first early_fraction of steps (or it diverged there)
     step: int | None = None  # where the instability (divergence, spike or rise) was detected
+    spike_step: int | None = None  # a batch above the divergence bar that fell back at once (not a divergence)
 
     @property
     def instability(self) -> str | None:
@@ -170,7 +172,29 @@ def judge(
     decided = divergence_step(losses, initial, detect.divergence_factor, patience=detect.divergence_patience)
     if decided is not None:
         return _diverged(losses, initial, decided, detect, run_length)
+    verdict = _trained(losses, initial, detect, num_classes, run_length)
+    spike = _one_batch_spike(losses, initial, detect.divergence_factor)
+    if spike is None:
+        return verdict
+    note = (
+        f"; one batch spiked at step {spike} (loss {losses[spike - 1]:.4g} > {detect.divergence_factor:g} × initial) "
+        "and fell back: a spike, not a divergence"
+    )
+    return dataclasses.replace(verdict, reason=verdict.reason + note, spike_step=spike)
 
+
+def _one_batch_spike(losses: np.ndarray, initial: float, factor: float) -> int | None:
+    """The first (1-based) step whose loss jumped above ``factor × initial`` and fell back below
+    it before a divergence was decided (so the trial went on), or None."""
+    above = np.isfinite(losses) & (losses > factor * initial)
+    hits = np.flatnonzero(above)
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def _trained(
+    losses: np.ndarray, initial: float, detect: DetectConfig, num_classes: int | None, run_length: int
+) -> Verdict:
+    """The verdict of a trial that did not diverge: learned nothing, unstable or ok."""
     curve = smoothed(losses, detect.smoothing)
     final = float(curve[-1])
     if final > (1 - detect.min_improvement) * initial:
@@ -252,7 +276,8 @@ def _sustained_rise(found: Noise, initial: float, detect: DetectConfig, run_leng
     margin = detect.noise_sigma * Noise.excess(trend.size, detect.smoothing) * found.trend_sigma / 2
     beyond_noise = trend - margin > np.minimum.accumulate(trend + margin)
     meaningful = progress > detect.min_improvement * initial
-    hits = np.flatnonzero(meaningful & (rise > detect.rise_fraction * progress) & beyond_noise)
+    settled = found.counts > detect.smoothing  # the last few steps' median is of a few batches: too noisy to read
+    hits = np.flatnonzero(meaningful & settled & (rise > detect.rise_fraction * progress) & beyond_noise)
     if hits.size == 0:
         return None
     t = int(hits[0])

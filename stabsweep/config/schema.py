@@ -293,7 +293,7 @@ class DetectConfig(_Strict):
     # A batch loss is a noisy sample; these judge a rise against the curve's own noise.
     divergence_patience: Int = Field(1, ge=0, le=MAX_STEPS)  # a loss above the factor must stay this many more steps
     noise_sigma: Float = Field(3.0, ge=0, le=1e6)  # a trend's rise must exceed this × its noise (× √(2 ln(steps/span)))
-    spike_ratio: Float = Field(3.0, ge=1, le=1e6)  # a spike counts when this × larger than any other excursion
+    spike_ratio: Float = Field(5.0, ge=1, le=1e6)  # a spike counts when this × larger than any other excursion
 
     @model_validator(mode="after")
     def _spike_below_divergence(self) -> DetectConfig:

@@ -326,6 +326,7 @@ def trial_result(
         diverged_step=verdict.diverged_step,
         instability=verdict.instability,
         instability_step=verdict.step if verdict.status.instability else None,
+        spike_step=verdict.spike_step,
         steps=step_log(lrs, losses, norms, thresholds),
         evals=evals,
     )
