@@ -276,7 +276,9 @@ def _sustained_rise(found: Noise, initial: float, detect: DetectConfig, run_leng
     margin = detect.noise_sigma * Noise.excess(trend.size, detect.smoothing) * found.trend_sigma / 2
     beyond_noise = trend - margin > np.minimum.accumulate(trend + margin)
     meaningful = progress > detect.min_improvement * initial
-    settled = found.counts > detect.smoothing  # the last few steps' median is of a few batches: too noisy to read
+    # At the end the trend is a median of the last few batches, a noisy read of a curve that
+    # ends there; at the start the same narrow windows are what shows an early instability.
+    settled = (found.counts > detect.smoothing) | (np.arange(trend.size) < trend.size // 2)
     hits = np.flatnonzero(meaningful & settled & (rise > detect.rise_fraction * progress) & beyond_noise)
     if hits.size == 0:
         return None
