@@ -156,3 +156,23 @@ def outlier_batch(seed: int, batch_size: int = 32, scale: float = 300.0) -> stab
     train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:448], y[:448]), batch_size=batch_size)
     val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[448:], y[448:]), batch_size=64)
     return stabsweep.Workload(_mlp(), train, val, loss_fn=nn.CrossEntropyLoss())
+
+
+class SqrtAtZero(nn.Module):
+    """sqrt(h · [h > 0]), a hand-made sqrt(relu): a finite forward, but the gradient of sqrt at 0
+    is inf, and inf × the mask's 0 is NaN: the weights below it get NaN gradients while the
+    loss is finite (torch's own relu masks its gradient instead, and would not show it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(16, 32), nn.Linear(32, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(torch.sqrt(h * (h > 0)))
+
+
+def sqrt_at_zero(seed: int, batch_size: int = 32) -> stabsweep.Workload:
+    torch.manual_seed(seed)
+    train, val = _data(seed, batch_size)
+    return stabsweep.Workload(SqrtAtZero(), train, val, loss_fn=nn.CrossEntropyLoss())

@@ -20,6 +20,23 @@ workload (no classifier, no ReLU) passes with "not applicable". The thresholds a
   small, not learning); more than 3 decades fails.
 - ``layer_grad_norms``: the first and last layers' gradient norms at init within 100× of each
   other pass; beyond 100× warns, beyond 10,000× fails (vanishing or exploding gradients).
+- ``batch_outliers``: one training batch's loss at init ``doctor.outlier_factor`` (10) × the
+  median batch's or more, or not finite, fails: every rate meets that batch at the same step,
+  so a sweep fails there at every rate (the data's fault, not the rate's).
+- ``finite_gradients``: a gradient that is NaN or inf while the loss is finite fails: a sqrt,
+  log or division at 0 in the forward (or a zero-norm normalisation) gives a finite loss and a
+  non-finite gradient, and no learning rate fixes it.
+- ``update_ratio`` is judged per optimizer: SGD's step is lr × the gradient, and 1e-3 is its
+  healthy pace; an adaptive optimizer's (Adam, RMSprop, Adagrad) is about lr per element by
+  design, so its ‖Δw‖/‖w‖ is expected near lr / rms(w) (a small-init embedding at 1e-3 moves
+  4% a step, as it should) and judged against that. A non-finite ratio fails. When weight decay
+  dominates the update (‖Δw‖/‖w‖ within 2× of lr × weight_decay), the advice names it.
+
+A check that fails is retried where the retry can tell the cause: ``overfit_one_batch`` at a
+rate 100× lower (one batch: cheap). The advice follows what that showed: "lower the rate"
+only when the lower rate fits; the same failure there is a bug in the model, loss or data.
+A check that raises the same error as an earlier one, or any error after a data check failed
+(the data's fault makes it raise), is ``not run`` because of that one: one fault, one failure.
 """
 
 from __future__ import annotations
@@ -33,8 +50,9 @@ import numpy as np
 from stabsweep.config.names import DOCTOR_CHECKS
 
 CHECKS = DOCTOR_CHECKS
-PASS, WARN, FAIL = "pass", "warn", "fail"
+PASS, WARN, FAIL, NOT_RUN = "pass", "warn", "fail", "not run"
 NOT_APPLICABLE = "not applicable"
+ADAPTIVE = ("adam", "adamw", "nadam", "amsgrad", "rmsprop", "adagrad")  # a step of about lr per element
 
 
 @dataclass
@@ -84,15 +102,91 @@ def initial_loss(loss: float, reference: float | None, reference_name: str | Non
     return Check("initial_loss", status, f"{loss:.4g} ({ratio:.2g}× {reference_name})", f"≲ {reference:.4g}", advice)
 
 
-def overfit_one_batch(losses: np.ndarray, lr: float, steps: int, diverged: bool) -> Check:
-    expected = f"below 10% of the start in {steps} steps"
+def overfit_share(losses: np.ndarray, diverged: bool) -> float:
+    """Where a run on one batch ended, as a share of where it started (inf when it diverged)."""
     if diverged or not np.isfinite(losses).all():
-        return Check("overfit_one_batch", FAIL, f"diverged at lr={lr:.3g}", expected, "lower the rate (--lr)")
-    start, end = float(losses[0]), float(np.mean(losses[-10:]))
-    share = end / max(start, 1e-12)
+        return math.inf
+    return float(np.mean(losses[-10:])) / max(float(losses[0]), 1e-12)
+
+
+def overfit_one_batch(
+    losses: np.ndarray,
+    lr: float,
+    steps: int,
+    diverged: bool,
+    retry: tuple[float, float] | None = None,
+    weight_decay: str | None = None,
+) -> Check:
+    """``retry``: (the lower rate, its share) when the check failed and was retried 100× lower;
+    ``weight_decay``: the words of update_ratio when weight decay dominates the update."""
+    expected = f"below 10% of the start in {steps} steps"
+    share = overfit_share(losses, diverged)
+    if math.isinf(share):
+        measured = f"diverged at lr={lr:.3g}"
+    else:
+        measured = f"{float(losses[0]):.4g} → {float(np.mean(losses[-10:])):.4g} ({share:.1%}) at lr={lr:.3g}"
     status = PASS if share < 0.1 else WARN if share < 0.5 else FAIL
-    advice = "" if status == PASS else "a bug in the model or its loss, no capacity, or a rate far off (--lr)"
-    return Check("overfit_one_batch", status, f"{start:.4g} → {end:.4g} ({share:.1%}) at lr={lr:.3g}", expected, advice)
+    advice = ""
+    if status != PASS:
+        advice = "a bug in the model or its loss, no capacity, or a rate far off (--lr)"
+        if retry is not None:
+            low, low_share = retry
+            if low_share < 0.5:
+                advice = f"lower the rate: at {low:.3g} ({low_share:.1%} of the start) it fits"
+            else:
+                again = "diverged too" if math.isinf(low_share) else f"ended at {low_share:.1%} of the start"
+                advice = f"the same failure at lr={low:.3g} ({again}): a bug in the model, loss or data, not the rate"
+        if weight_decay:
+            advice += f"; {weight_decay}"
+    return Check("overfit_one_batch", status, measured, expected, advice)
+
+
+def batch_outliers(losses: list[float], total: int | None, seconds: float, stopped: str | None, factor: float) -> Check:
+    """The batches whose loss at init is ``factor`` × the median batch's or more, or not finite."""
+    expected = f"every batch's loss at init under {factor:g}× the median batch's"
+    if not losses:
+        return Check("batch_outliers", PASS, NOT_APPLICABLE + " (no training batch)", expected, "")
+    values = np.asarray(losses, dtype=float)
+    finite = values[np.isfinite(values)]
+    median = float(np.median(finite)) if finite.size else math.nan
+    scanned = f"{len(losses)} of {total} batches" if total else f"{len(losses)} batches"
+    scanned += f" in {seconds:.1f} s" + (f" (stopped after {stopped})" if stopped else "")
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v) or (median > 0 and v >= factor * median)]
+    if not bad:
+        top = float(finite.max() / median) if finite.size and median > 0 else math.nan
+        return Check("batch_outliers", PASS, f"{scanned}; the largest loss is {top:.3g}× the median", expected, "")
+    named = ", ".join(_outlier(i, values[i], median) for i in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    advice = (
+        "inspect those samples (inputs far off the others' scale, corrupt labels, a unit mistake): every rate "
+        "meets that batch at the same step, so a sweep fails there at every rate"
+    )
+    return Check("batch_outliers", FAIL, f"{scanned}, counting from 0 in epoch 0: {named}{more}", expected, advice)
+
+
+def _outlier(index: int, loss: float, median: float) -> str:
+    if not math.isfinite(loss):
+        return f"batch {index} (loss {loss})"
+    return f"batch {index} (loss {loss:.4g}, {loss / median:.3g}× the median {median:.4g})"
+
+
+def finite_gradients(found: dict[str, Any] | None, steps: int) -> Check:
+    """``found``: the first step whose loss was finite and whose gradients were not, its loss and
+    the parameters whose gradients were not finite."""
+    expected = "finite gradients wherever the loss is finite"
+    if found is None:
+        return Check("finite_gradients", PASS, f"finite over the first {steps} steps", expected, "")
+    names = ", ".join(f"'{n}'" for n in found["parameters"][:4])
+    more = f" and {len(found['parameters']) - 4} more" if len(found["parameters"]) > 4 else ""
+    measured = (
+        f"non-finite gradients of {names}{more} at step {found['step']} while the loss was still finite "
+        f"({found['loss']:.4g})"
+    )
+    advice = (
+        "a bug in the forward (a sqrt, log or division at 0, a normalisation of a zero vector), not the rate: "
+        "no learning rate fixes it"
+    )
+    return Check("finite_gradients", FAIL, measured, expected, advice)
 
 
 def gradient_check(results: list[Any]) -> Check:
@@ -122,24 +216,85 @@ def dead_units(at_init: dict[str, float], after: dict[str, float] | None) -> Che
     return Check("dead_units", status, f"{worst:.0%} of '{worst_name}' {when}", expected, advice)
 
 
-def update_ratio(ratios: dict[str, float], lr: float) -> Check:
-    expected = "‖Δw‖/‖w‖ ≈ 1e-3 per step"
+def weight_decay_dominates(ratios: dict[str, float], lr: float, weight_decay: float) -> str | None:
+    """Words for the advice when weight decay dominates the update: the median ‖Δw‖/‖w‖ within
+    2× of lr × weight_decay (the decay's own pace), else None."""
+    finite = [r for r in ratios.values() if math.isfinite(r) and r > 0]
+    if weight_decay <= 0 or not finite:
+        return None
+    pace = lr * weight_decay
+    median = float(np.median(finite))
+    if pace / 2 <= median <= pace * 2:
+        return (
+            f"weight decay dominates the update (‖Δw‖/‖w‖ {median:.2g} ≈ lr × weight_decay = {pace:.2g}): the "
+            "gradient moves the weights less than the decay shrinks them; lower weight_decay"
+        )
+    return None
+
+
+def update_ratio(
+    ratios: dict[str, float],
+    lr: float,
+    optimizer: str = "sgd",
+    weight_rms: dict[str, float] | None = None,
+    weight_decay: str | None = None,
+    broken_by_step: list[str] | None = None,
+) -> Check:
+    """SGD-family steps against the 1e-3 pace; adaptive ones against lr / rms(w), their pace by
+    design (``weight_rms``: each tensor's root-mean-square weight before the first step).
+    ``broken_by_step``: tensors whose finite weights and gradients the optimizer's step made
+    non-finite."""
+    bad = [name for name, r in ratios.items() if not math.isfinite(r) and weight_rms and weight_rms.get(name, 0) > 0]
+    adaptive = optimizer in ADAPTIVE and weight_rms
+    expected = "‖Δw‖/‖w‖ ≈ lr / rms(w) per step (an adaptive step)" if adaptive else "‖Δw‖/‖w‖ ≈ 1e-3 per step"
+    if bad:
+        names = ", ".join(f"'{n}'" for n in bad[:4])
+        if broken_by_step:
+            measured = f"not finite for {names}: the optimizer's step turned finite weights and gradients into NaN"
+            advice = (
+                "the optimizer's own numerics, not the rate (in float16, Adam's eps of 1e-8 rounds to 0 and a tiny "
+                "second moment to 0 too: 0/0; use eps ≥ 1e-4, or keep the weights in float32 with autocast)"
+            )
+            return Check("update_ratio", FAIL, measured, expected, advice)
+        measured = f"not finite for {names}: their weights or gradients are NaN or inf"
+        advice = "see finite_gradients: a non-finite value in the forward or backward, not the rate"
+        return Check("update_ratio", FAIL, measured, expected, advice)
     finite = {name: r for name, r in ratios.items() if math.isfinite(r) and r > 0}
     if not finite:
         return Check("update_ratio", PASS, NOT_APPLICABLE + " (no weights moved)", expected, "")
-    distance = {name: abs(math.log10(r) + 3) for name, r in finite.items()}
+    if adaptive:
+        target = {name: lr / weight_rms[name] for name in finite if weight_rms.get(name, 0) > 0}
+    else:
+        target = dict.fromkeys(finite, 1e-3)
+    distance = {name: abs(math.log10(finite[name] / target[name])) for name in target}
+    if not distance:
+        return Check("update_ratio", PASS, NOT_APPLICABLE + " (no weights)", expected, "")
     name = max(distance, key=distance.get)
     status = FAIL if distance[name] > 3 else WARN if distance[name] > 1.5 else PASS
-    direction = "too large: unstable" if finite[name] > 1e-3 else "too small: not learning"
+    direction = "too large: unstable" if finite[name] > target[name] else "too small: not learning"
     advice = "" if status == PASS else f"{direction} at lr={lr:.3g}"
-    return Check("update_ratio", status, f"{finite[name]:.2g} for '{name}' (the farthest)", expected, advice)
+    if weight_decay:
+        advice = f"{advice}; {weight_decay}" if advice else weight_decay
+    measured = f"{finite[name]:.2g} for '{name}' (the farthest"
+    measured += f" from its lr / rms(w) = {target[name]:.2g})" if adaptive else ")"
+    return Check("update_ratio", status, measured, expected, advice)
 
 
 def layer_grad_norms(norms: dict[str, float]) -> Check:
     expected = "first and last layers within 100×"
-    weights = [(name, n) for name, n in norms.items() if math.isfinite(n)]
+    broken = [name for name, n in norms.items() if not math.isfinite(n)]
+    if broken:
+        names = ", ".join(f"'{n}'" for n in broken[:4])
+        return Check(
+            "layer_grad_norms",
+            FAIL,
+            f"not finite for {names} at the first step",
+            expected,
+            "see finite_gradients: a non-finite value in the forward or backward, not the rate",
+        )
+    weights = list(norms.items())
     if len(weights) < 2:
-        return Check("layer_grad_norms", PASS, NOT_APPLICABLE + " (one layer)", expected, "")
+        return Check("layer_grad_norms", PASS, NOT_APPLICABLE + " (one weight matrix)", expected, "")
     (first, a), (last, b) = weights[0], weights[-1]
     ratio = max(a, 1e-30) / max(b, 1e-30)
     spread = max(ratio, 1 / ratio)
@@ -149,9 +304,15 @@ def layer_grad_norms(norms: dict[str, float]) -> Check:
     return Check("layer_grad_norms", status, f"'{first}' {a:.2g} vs '{last}' {b:.2g} ({spread:.2g}×)", expected, advice)
 
 
-def crashed(name: str, error: BaseException, where: str) -> Check:
+def crashed(name: str, error: str, where: str) -> Check:
     """A check the user's model crashed in: that check fails with the error; the others still run."""
-    return Check(name, FAIL, f"raised {type(error).__name__}: {error} (at {where})"[:300], "no error", "fix the model")
+    return Check(name, FAIL, f"raised {error} (at {where})"[:300], "no error", "fix the model")
+
+
+def not_run(name: str, because: str, detail: str) -> Check:
+    """A check that failed by a fault another check already names (it raised the same error,
+    or its measurement rests on what that check found broken): one fault, one failure."""
+    return Check(name, NOT_RUN, f"{because} ({detail})"[:300], "–", "")
 
 
 def verdict(checks: list[Check]) -> str:

@@ -10,7 +10,9 @@ DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"  # config `device:` and --device
 DOCTOR_CHECKS = (  # stabsweep doctor's checks, in the order they run (summary.json names them)
     "data_finite",
     "labels_in_range",
+    "batch_outliers",
     "initial_loss",
+    "finite_gradients",
     "overfit_one_batch",
     "gradient_check",
     "dead_units",

@@ -232,6 +232,9 @@ class DoctorConfig(_Strict):
     overfit_steps: Int = Field(200, ge=1, le=MAX_STEPS)  # steps of "overfit one batch"
     update_steps: Int = Field(20, ge=1, le=MAX_STEPS)  # the first steps whose update ratios are read
     gradient_samples: Int = Field(8, ge=1, le=1000)  # elements per module type the gradient check perturbs
+    outlier_factor: Float = Field(10.0, gt=1, le=1e6)  # batch_outliers: a batch's loss this × the median's
+    scan_seconds: Float = Field(20.0, gt=0, le=1e6)  # batch_outliers reads batches for at most this long
+    scan_batches: Int = Field(10_000, ge=1, le=MAX_COUNT)  # ... and at most this many
     skip: list[str] = Field(default_factory=list)  # checks not to run
 
     @field_validator("skip")

@@ -12,7 +12,9 @@ check ends the command with exit code 3 (for CI).
 from __future__ import annotations
 
 import dataclasses
+import math
 import shlex
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,26 +57,38 @@ def rate(ctx: Context, lr: float | None) -> tuple[float, str]:
 
 
 def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
-    config = ctx.config
+    config, doctor = ctx.config, ctx.config.doctor
     job = ctx.job()
     device = torch.device(job.device)
     lr, lr_source = rate(ctx, lr)
     store = ctx.store(COMMAND)
-    skip = set(config.doctor.skip)
+    skip = set(doctor.skip)
     checks: list[rules.Check] = []
     state: dict[str, Any] = {}
+    errors: dict[str, str] = {}  # an error's text -> the check that failed with it first
+    data_fault: list[str] = []  # the data checks that failed: what later checks raise is their doing
 
-    def check(name: str, measure: Callable[[], rules.Check | list[rules.Check]]) -> None:
+    def check(name: str, measure: Callable[[], rules.Check]) -> None:
         if name in skip:
             return
+        started = time.perf_counter()
         try:
             found = measure()
         except Exception as exc:  # noqa: BLE001 - the user's model crashed in this check: it fails, the rest run
-            found = rules.crashed(name, exc, where_raised(exc))
-        for item in found if isinstance(found, list) else [found]:
-            checks.append(item)
-            style = {"pass": "green", "warn": "yellow", "fail": "red"}[item.status]
-            ctx.console.print(f"  [{style}]{item.status:4}[/] {item.name}: {item.measured}", highlight=False)
+            found = _crash(name, exc, errors, data_fault)
+        broken = [c.name for c in checks if c.name == "finite_gradients" and c.status == rules.FAIL]
+        if broken and name in GRADIENT_CHECKS and found.status == rules.FAIL:
+            found = rules.not_run(
+                name, "finite_gradients failed: the non-finite gradients make it fail", found.measured
+            )
+        checks.append(found)
+        if found.name in DATA_CHECKS and found.status == rules.FAIL:
+            data_fault.append(found.name)
+        style = STYLE[found.status]
+        took = time.perf_counter() - started
+        ctx.console.print(
+            f"  [{style}]{found.status:4}[/] {found.name} ({took:.1f} s): {found.measured}", highlight=False
+        )
 
     def fresh() -> Workload:
         workload = job.factory(config.seed)
@@ -85,20 +99,35 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
         data = workload.eval_data if eval_first and workload.eval_data is not None else workload.train_data
         return to_device(diagnostics.first_batch(data), device)
 
-    ctx.console.print(f"doctor: checks at lr={lr:g} ({lr_source})", markup=False)
-    check("data_finite", lambda: _data_finite(fresh()))
-    check("labels_in_range", lambda: _labels(fresh(), first_batch, state))
-    check("initial_loss", lambda: _initial_loss(fresh(), first_batch))
-    check("overfit_one_batch", lambda: _overfit(ctx, job, device, fresh(), first_batch, lr, state))
-    check("gradient_check", lambda: _gradients(fresh(), first_batch, config.doctor.gradient_samples))
-    check("dead_units", lambda: _dead_units(fresh(), first_batch, state))
-
-    def first_steps() -> dict[str, Any]:  # run once, read by two checks
+    def first_steps() -> dict[str, Any]:  # run once, read by several checks
         if "first_steps" not in state:
             state["first_steps"] = _first_steps(ctx, job, device, lr, store)
         return state["first_steps"]
 
-    check("update_ratio", lambda: rules.update_ratio(first_steps()["ratios"], lr))
+    decay = float(config.train.optimizer.kwargs.get("weight_decay") or 0.0)
+
+    def dominated() -> str | None:
+        """Words for the advice when weight decay dominates the update (read from the first steps)."""
+        return (
+            rules.weight_decay_dominates(state["first_steps"]["ratios"], lr, decay) if "first_steps" in state else None
+        )
+
+    def update_ratio() -> rules.Check:
+        found = first_steps()
+        return rules.update_ratio(
+            found["ratios"], lr, config.train.optimizer.name, found["weight_rms"], dominated(), found["broken_by_step"]
+        )
+
+    ctx.console.print(f"doctor: checks at lr={lr:g} ({lr_source}), each on a fresh model", markup=False)
+    check("data_finite", lambda: _data_finite(fresh()))
+    check("labels_in_range", lambda: _labels(fresh(), first_batch, state))
+    check("batch_outliers", lambda: _batch_outliers(fresh(), device, doctor))
+    check("initial_loss", lambda: _initial_loss(fresh(), first_batch))
+    check("finite_gradients", lambda: rules.finite_gradients(first_steps()["non_finite"], doctor.update_steps))
+    check("overfit_one_batch", lambda: _overfit(ctx, job, device, fresh, first_batch, lr, state, dominated))
+    check("gradient_check", lambda: _gradients(fresh(), first_batch, doctor.gradient_samples))
+    check("dead_units", lambda: _dead_units(fresh(), first_batch, state, dominated))
+    check("update_ratio", update_ratio)
     check("layer_grad_norms", lambda: rules.layer_grad_norms(first_steps()["grad_norms"]))
 
     failed = any(c.status == rules.FAIL for c in checks)
@@ -115,7 +144,7 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
         "next_command": f"stabsweep doctor {source} --force  # after fixing" if failed else f"stabsweep lr {source}",
     }
     if "first_steps" in state:
-        title = ctx.title(COMMAND, f"the first {config.doctor.update_steps} steps per layer at lr={lr:g}")
+        title = ctx.title(COMMAND, f"the first {doctor.update_steps} steps per layer at lr={lr:g}")
         ctx.plot(plots.layers, state["first_steps"]["log"], store.folder / "plots" / "layers.png", title=title)
     summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)
@@ -123,6 +152,36 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
     if failed:
         raise RunFailed(summary)
     return summary
+
+
+DATA_CHECKS = ("data_finite", "labels_in_range", "batch_outliers")  # what later checks raise is their doing
+GRADIENT_CHECKS = ("overfit_one_batch", "gradient_check", "update_ratio", "layer_grad_norms")  # need finite gradients
+STYLE = {rules.PASS: "green", rules.WARN: "yellow", rules.FAIL: "red", rules.NOT_RUN: "dim"}
+
+
+class _TrialRaised(Exception):
+    """A training run of a check raised: the error as the trial recorded it, and where."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(result.error)
+        self.error = result.error
+        self.where = result.reason.removeprefix("raised ").split(" at ", 1)[-1]
+
+
+def _crash(name: str, exc: Exception, errors: dict[str, str], data_fault: list[str]) -> rules.Check:
+    """A check that raised: it fails with the error, unless a data check already failed (that
+    fault makes it raise) or an earlier check failed with the same error: then it is not run
+    because of that one, so one fault is one failure."""
+    if isinstance(exc, _TrialRaised):
+        error, where = exc.error, exc.where
+    else:
+        error, where = f"{type(exc).__name__}: {exc}", where_raised(exc)
+    if data_fault:
+        return rules.not_run(name, f"{data_fault[0]} failed: the same data makes it raise", f"it raised {error}")
+    if error in errors:
+        return rules.not_run(name, f"the same error as {errors[error]}", f"it raised {error}")
+    errors[error] = name
+    return rules.crashed(name, error, where)
 
 
 def _data_finite(workload: Workload) -> rules.Check:
@@ -134,12 +193,23 @@ def _data_finite(workload: Workload) -> rules.Check:
 
 
 def _labels(workload: Workload, first_batch: Callable, state: dict) -> rules.Check:
-    classes, state["loss_at_init"] = diagnostics.forward_once(workload, first_batch(workload))
-    if classes is None or workload.loss is not None:
+    """Whenever the classes are known (``num_classes``, or the outputs' width for a classifier
+    by the shapes), every integer target of the training data against them; a workload with
+    its own loss is read too, its targets being a batch's second item or its ``labels``."""
+    if workload.loss is not None:
+        classes = workload.num_classes
+    else:
+        classes, state["loss_at_init"] = diagnostics.forward_once(workload, first_batch(workload))
+    if classes is None:
         return rules.labels_in_range(None, 0, 0, None)
-    ignore = getattr(workload.loss_fn, "ignore_index", None)
+    ignore = getattr(workload.loss_fn, "ignore_index", None) if workload.loss_fn is not None else -100
     low, high, bad = diagnostics.label_range(workload.train_data, classes, ignore)
     return rules.labels_in_range(classes, low, high, bad)
+
+
+def _batch_outliers(workload: Workload, device: torch.device, doctor: Any) -> rules.Check:
+    found = diagnostics.scan_batches(workload, device, doctor.scan_seconds, doctor.scan_batches)
+    return rules.batch_outliers(found.losses, found.total, found.seconds, found.stopped, doctor.outlier_factor)
 
 
 def _initial_loss(workload: Workload, first_batch: Callable) -> rules.Check:
@@ -149,56 +219,114 @@ def _initial_loss(workload: Workload, first_batch: Callable) -> rules.Check:
 
 
 def _overfit(
-    ctx: Context, job: Any, device: torch.device, workload: Workload, first_batch: Callable, lr: float, state: dict
+    ctx: Context,
+    job: Any,
+    device: torch.device,
+    fresh: Callable[[], Workload],
+    first_batch: Callable,
+    lr: float,
+    state: dict,
+    dominated: Callable[[], str | None],
 ) -> rules.Check:
+    """``overfit_steps`` on one fixed batch; when that fails, once more 100× lower, so the advice
+    says whether the rate was the cause."""
+    steps = ctx.config.doctor.overfit_steps
+    result, fixed, batch = _fit_one_batch(ctx, job, device, fresh(), first_batch, lr, steps)
+    state["overfit_model"], state["overfit_workload"], state["overfit_batch"] = fixed.model, fixed, batch
+    diverged = result.status is TrialStatus.DIVERGED
+    retry = None
+    if rules.overfit_share(result.steps.train_loss, diverged) >= 0.5:
+        low, _, _ = _fit_one_batch(ctx, job, device, fresh(), first_batch, lr / 100, steps)
+        retry = (lr / 100, rules.overfit_share(low.steps.train_loss, low.status is TrialStatus.DIVERGED))
+    return rules.overfit_one_batch(result.steps.train_loss, lr, steps, diverged, retry, dominated())
+
+
+def _fit_one_batch(
+    ctx: Context, job: Any, device: torch.device, workload: Workload, first_batch: Callable, lr: float, steps: int
+) -> tuple[Any, Workload, Any]:
     from stabsweep.training.sequential import train_trial
 
-    steps = ctx.config.doctor.overfit_steps
     batch = first_batch(workload)
     fixed = dataclasses.replace(workload, train_data=diagnostics.RepeatBatch(batch), eval_data=None)
     spec = TrialSpec(0, lr, ctx.config.seed, steps, steps, ScheduleConfig(), columns={"phase": "overfit_one_batch"})
     result = train_trial(spec, lambda seed: fixed, job.optimizer, job.detect, device)
     if result.status is TrialStatus.FAILED:
-        raise RuntimeError(result.error)
-    state["overfit_model"], state["overfit_workload"], state["overfit_batch"] = fixed.model, fixed, batch
-    return rules.overfit_one_batch(result.steps.train_loss, lr, steps, result.status is TrialStatus.DIVERGED)
+        raise _TrialRaised(result)
+    return result, fixed, batch
 
 
 def _gradients(workload: Workload, first_batch: Callable, samples: int) -> rules.Check:
     return rules.gradient_check(diagnostics.gradient_check(workload, first_batch(workload), samples))
 
 
-def _dead_units(workload: Workload, first_batch: Callable, state: dict) -> rules.Check:
+def _dead_units(
+    workload: Workload, first_batch: Callable, state: dict, dominated: Callable[[], str | None]
+) -> rules.Check:
     at_init = diagnostics.dead_units(workload.model, first_batch(workload, eval_first=True), workload)
     after = None
-    if "overfit_model" in state:
-        after = diagnostics.dead_units(state["overfit_model"], state["overfit_batch"], state["overfit_workload"])
-    return rules.dead_units(at_init, after)
+    trained = state.get("overfit_model")
+    if trained is not None and all(torch.isfinite(p).all() for p in trained.parameters()):  # not a diverged model
+        after = diagnostics.dead_units(trained, state["overfit_batch"], state["overfit_workload"])
+    found = rules.dead_units(at_init, after)
+    decay = dominated()
+    if found.status != rules.PASS and decay:
+        found.advice = f"{found.advice}; {decay}"
+    return found
 
 
 def _first_steps(ctx: Context, job: Any, device: torch.device, lr: float, store: Any) -> dict[str, Any]:
     """The first steps of real training at ``lr``, every layer logged: each tensor's median
-    update ratio and the weights' gradient norms at the first step. Written to the doctor's
-    folder (trials.csv, steps.csv, layers.csv)."""
+    update ratio, its weights' root-mean-square before the first step, the weights' gradient
+    norms at the first step, and the first step whose loss was finite but some gradient was
+    not. Written to the doctor's folder (trials.csv, steps.csv, layers.csv)."""
     from stabsweep.training.sequential import train_trial
 
     steps = ctx.config.doctor.update_steps
     spec = TrialSpec(1, lr, ctx.config.seed, steps, steps, ctx.config.train.schedule, columns={"phase": "first_steps"})
     result = train_trial(spec, job.factory, job.optimizer, job.detect, device, layers_every=1)
     if result.status is TrialStatus.FAILED:
-        raise RuntimeError(f"{result.error} ({result.reason})")
+        raise _TrialRaised(result)
     store.write(result)
     log = result.layers
     # The 1e-3 pace and the first-to-last comparison are about weight matrices (and kernels,
     # embeddings): a bias or a norm's gain starts near zero or one, and its ratio says little.
-    dims = {name: p.dim() for name, p in job.factory(ctx.config.seed).model.named_parameters()}
-    matrices = [i for i, name in enumerate(log.layers) if dims.get(name, 2) >= 2] or list(range(len(log.layers)))
-    ratios = np.nanmedian(log.update_ratio, axis=0)
+    params = dict(job.factory(ctx.config.seed).model.named_parameters())
+    matrices = [i for i, name in enumerate(log.layers) if params[name].dim() >= 2] or list(range(len(log.layers)))
+    ratios = {}
+    for i in matrices:
+        column = log.update_ratio[:, i]
+        if (
+            not np.isfinite(log.grad_norm[:, i]).all()
+            or not np.isfinite(column[np.isfinite(log.weight_norm[:, i])]).all()
+        ):
+            ratios[log.layers[i]] = math.nan  # its gradients or weights went NaN: never a pass
+        else:
+            finite = column[np.isfinite(column)]
+            ratios[log.layers[i]] = float(np.median(finite)) if finite.size else math.inf
+    # Tensors whose weights and gradients were finite before a step and not after it: the
+    # optimizer's own arithmetic broke them (Adam's eps rounding to 0 in float16, say).
+    grads_ok = np.isfinite(log.grad_norm) & np.isfinite(log.weight_norm)
+    by_step = [log.layers[i] for i in matrices if (grads_ok[:, i] & ~np.isfinite(log.update_ratio[:, i])).any()]
     return {
         "log": log,
-        "ratios": {log.layers[i]: float(ratios[i]) for i in matrices},
+        "ratios": ratios,
+        "broken_by_step": by_step,
+        "weight_rms": {
+            log.layers[i]: float(log.weight_norm[0, i]) / math.sqrt(params[log.layers[i]].numel()) for i in matrices
+        },
         "grad_norms": {log.layers[i]: float(log.grad_norm[0, i]) for i in matrices},
+        "non_finite": _non_finite_gradients(result, log),
     }
+
+
+def _non_finite_gradients(result: Any, log: Any) -> dict[str, Any] | None:
+    """The first logged step whose training loss was finite while some gradient was not."""
+    losses = result.steps.train_loss
+    for k, step in enumerate(log.steps):
+        bad = [log.layers[i] for i in np.flatnonzero(~np.isfinite(log.grad_norm[k]))]
+        if bad and step <= len(losses) and math.isfinite(losses[step - 1]):
+            return {"step": int(step), "loss": float(losses[step - 1]), "parameters": bad}
+    return None
 
 
 def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
@@ -207,8 +335,7 @@ def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
     table = Table(title="doctor", title_justify="left")
     for name in ("check", "status", "measured", "expected", "advice"):
         table.add_column(name, overflow="fold")
-    style = {"pass": "green", "warn": "yellow", "fail": "red"}
     for c in summary["checks"]:
-        table.add_row(c["name"], f"[{style[c['status']]}]{c['status']}[/]", c["measured"], c["expected"], c["advice"])
+        table.add_row(c["name"], f"[{STYLE[c['status']]}]{c['status']}[/]", c["measured"], c["expected"], c["advice"])
     ctx.console.print(table)
     ctx.verdict(summary, folder)

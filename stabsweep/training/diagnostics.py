@@ -54,6 +54,47 @@ def first_batch(data: Any) -> Any:
 
 
 @dataclass
+class BatchScan:
+    """Each training batch's loss at initialisation, in data order (one forward pass each)."""
+
+    losses: list[float]  # one per batch scanned, in order: index i is batch i of epoch 0
+    total: int | None  # batches in an epoch, when the data has a length
+    seconds: float
+    stopped: str | None = None  # why the scan ended before the epoch did (a time budget)
+
+
+def scan_batches(workload: Workload, device: torch.device, budget_s: float, most: int) -> BatchScan:
+    """The loss of every training batch of the first epoch at initialisation, in eval mode
+    without gradients (no backward, no update: the untrained model's view of the data), for
+    at most ``budget_s`` seconds or ``most`` batches."""
+    import time
+
+    from stabsweep.training.common import to_device
+
+    start = time.perf_counter()
+    try:
+        total = len(workload.train_data)
+    except TypeError:
+        total = None
+    losses, stopped = [], None
+    model = workload.model
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            for index, batch in enumerate(workload.train_data):
+                losses.append(float(training_loss(workload, model, to_device(batch, device))))
+                if index + 1 >= most:
+                    stopped = f"the first {most} batches (doctor.scan_batches)"
+                    break
+                if time.perf_counter() - start > budget_s:
+                    stopped = f"{budget_s:g} s of scanning (doctor.scan_seconds)"
+                    break
+    finally:
+        model.train()
+    return BatchScan(losses, total, time.perf_counter() - start, stopped if total != len(losses) else None)
+
+
+@dataclass
 class Outputs:
     """What one forward pass on a batch says about the workload."""
 
@@ -90,17 +131,35 @@ def forward_once(workload: Workload, batch: Any) -> tuple[int | None, Any]:
     return classes, loss_at_init
 
 
+def targets_of(batch: Any) -> torch.Tensor | None:
+    """The integer targets of a batch: the second of an ``(inputs, targets)`` pair, or a
+    dict's ``labels`` (a HuggingFace batch); None when there are none to read."""
+    if isinstance(batch, (list, tuple)) and len(batch) == 2:
+        targets = batch[1]
+    elif isinstance(batch, dict):
+        targets = batch.get("labels")
+    else:
+        return None
+    if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and targets.dtype is not torch.bool:
+        return targets
+    return None
+
+
 def label_range(data: Any, classes: int, ignore_index: int | None) -> tuple[int, int, str | None]:
     """The smallest and largest target over the data, and the first one outside [0, classes)."""
     low, high, bad = math.inf, -math.inf, None
     for index, batch in enumerate(data):
-        targets = batch[1]
+        targets = targets_of(batch)
+        if targets is None:
+            continue
         valid = targets if ignore_index is None else targets[targets != ignore_index]
         if valid.numel():
             low, high = min(low, int(valid.min())), max(high, int(valid.max()))
         wrong = (valid < 0) | (valid >= classes)
         if bad is None and wrong.any():
             bad = f"batch {index}: target {int(valid[wrong][0])}"
+    if low == math.inf:  # no integer targets anywhere
+        return 0, 0, None
     return int(low), int(high), bad
 
 
@@ -147,11 +206,13 @@ def gradient_check(workload: Workload, batch: Any, samples: int) -> list[Gradien
     two-example batch in eval mode (no dropout), in float64. A model that cannot run in float64
     is checked in float32 with loose tolerances."""
     small = _first_examples(batch, 2)
+    # A tensor shared by two modules (tied input and output embeddings) has one name in
+    # named_parameters(), the first; every module that holds it is checked under that name.
+    names = {id(p): n for n, p in workload.model.named_parameters()}
     out = []
     for name, module in _one_module_per_type(workload.model):
         parameter = next(p for p in module.parameters(recurse=False) if p.requires_grad and p.is_floating_point())
-        parameter_name = next(n for n, p in module.named_parameters(recurse=False) if p is parameter)
-        full_name = f"{name}.{parameter_name}" if name else parameter_name
+        full_name = names[id(parameter)]
         try:
             passed, detail = _check_one(workload, small, full_name, samples, torch.float64)
         except Exception:  # noqa: BLE001 - the model may not run in float64: try float32
@@ -166,9 +227,6 @@ def _check_one(workload: Workload, batch: Any, name: str, samples: int, dtype: t
     weights = dict(model.named_parameters())
     base = weights[name].detach()
     index = torch.randperm(base.numel(), generator=torch.Generator().manual_seed(0))[:samples]
-    loose = dtype != torch.float64
-    tolerances = {"eps": 1e-3, "atol": 1e-2, "rtol": 5e-2} if loose else {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3}
-
     bound, objective = Bound(model), partial(training_loss, workload)
 
     def loss_of(values: torch.Tensor) -> torch.Tensor:
@@ -176,15 +234,21 @@ def _check_one(workload: Workload, batch: Any, name: str, samples: int, dtype: t
         return torch.func.functional_call(bound, {f"model.{name}": changed}, (objective, batch))
 
     values = base.reshape(-1)[index].clone().requires_grad_()
+    with torch.no_grad():  # a loss computed in a lower precision (outputs.float()) limits what can be checked
+        loss_dtype = loss_of(values.detach()).dtype
+    exact = dtype == loss_dtype == torch.float64
+    tolerances = {"eps": 1e-6, "atol": 1e-5, "rtol": 1e-3} if exact else {"eps": 1e-3, "atol": 1e-2, "rtol": 5e-2}
     try:
         with warnings.catch_warnings():  # float32 is the fallback, on purpose: no warning that it is not float64
             warnings.filterwarnings("ignore", message="Input #0 requires gradient and is not a double")
             torch.autograd.gradcheck(loss_of, (values,), raise_exception=True, **tolerances)
     except GradcheckError as exc:
         return False, " ".join(str(exc).split())[:300]
-    where = f"{samples} elements, {str(dtype).removeprefix('torch.')}"
+    precision = str(dtype).removeprefix("torch.")
+    if loss_dtype != dtype:
+        precision += f", the loss in {str(loss_dtype).removeprefix('torch.')}"
     limits = f"eps {tolerances['eps']:g}, atol {tolerances['atol']:g}, rtol {tolerances['rtol']:g}"
-    return True, f"gradcheck passed ({where}, {limits})"
+    return True, f"gradcheck passed ({samples} elements, {precision}, {limits})"
 
 
 def _one_module_per_type(model: nn.Module) -> list[tuple[str, nn.Module]]:
