@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 # What running a sweep needs (all the demo installs), and what the tests need on top of it
-# (pytest, ruff, hypothesis, Ray).
+# (pytest, ruff, hypothesis, Ray, and transformers for the real-library models).
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
@@ -23,7 +23,7 @@ $(RUNTIME): pyproject.toml
 	touch $@
 
 $(DEV): $(RUNTIME)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,models]"
 	touch $@
 
 setup: $(DEV)

@@ -27,10 +27,12 @@ workload (no classifier, no ReLU) passes with "not applicable". The thresholds a
   log or division at 0 in the forward (or a zero-norm normalisation) gives a finite loss and a
   non-finite gradient, and no learning rate fixes it.
 - ``update_ratio`` is judged per optimizer: SGD's step is lr × the gradient, and 1e-3 is its
-  healthy pace; an adaptive optimizer's (Adam, RMSprop, Adagrad) is about lr per element by
-  design, so its ‖Δw‖/‖w‖ is expected near lr / rms(w) (a small-init embedding at 1e-3 moves
-  4% a step, as it should) and judged against that. A non-finite ratio fails. When weight decay
-  dominates the update (‖Δw‖/‖w‖ within 2× of lr × weight_decay), the advice names it.
+  healthy pace (1.5 decades off warns); an adaptive optimizer's (Adam, RMSprop, Adagrad) is
+  about lr per element by design, so its ‖Δw‖/‖w‖ is near lr / rms(w), and a small-init
+  embedding at 1e-3 moves 2-4% a step, as it should: it warns only 2 decades off. Either fails
+  3 decades off. A non-finite ratio fails (the optimizer's step is named when it turned finite
+  weights and gradients into NaN). When weight decay dominates the update (‖Δw‖/‖w‖ within 2×
+  of lr × weight_decay), the advice names it.
 
 A check that fails is retried where the retry can tell the cause: ``overfit_one_batch`` at a
 rate 100× lower (one batch: cheap). The advice follows what that showed: "lower the rate"
@@ -246,7 +248,11 @@ def update_ratio(
     non-finite."""
     bad = [name for name, r in ratios.items() if not math.isfinite(r) and weight_rms and weight_rms.get(name, 0) > 0]
     adaptive = optimizer in ADAPTIVE and weight_rms
-    expected = "‖Δw‖/‖w‖ ≈ lr / rms(w) per step (an adaptive step)" if adaptive else "‖Δw‖/‖w‖ ≈ 1e-3 per step"
+    expected = (
+        "‖Δw‖/‖w‖ within 2 decades of 1e-3 per step (an adaptive step moves about lr per element)"
+        if adaptive
+        else "‖Δw‖/‖w‖ ≈ 1e-3 per step"
+    )
     if bad:
         names = ", ".join(f"'{n}'" for n in bad[:4])
         if broken_by_step:
@@ -262,21 +268,19 @@ def update_ratio(
     finite = {name: r for name, r in ratios.items() if math.isfinite(r) and r > 0}
     if not finite:
         return Check("update_ratio", PASS, NOT_APPLICABLE + " (no weights moved)", expected, "")
-    if adaptive:
-        target = {name: lr / weight_rms[name] for name in finite if weight_rms.get(name, 0) > 0}
-    else:
-        target = dict.fromkeys(finite, 1e-3)
-    distance = {name: abs(math.log10(finite[name] / target[name])) for name in target}
-    if not distance:
-        return Check("update_ratio", PASS, NOT_APPLICABLE + " (no weights)", expected, "")
+    # An adaptive step's pace, lr / rms(w), is far from 1e-3 by design on small-init tensors
+    # (a GPT-2 embedding at lr 1e-3 moves 2-4% a step): it gets half a decade more before a warning.
+    distance = {name: abs(math.log10(r / 1e-3)) for name, r in finite.items()}
     name = max(distance, key=distance.get)
-    status = FAIL if distance[name] > 3 else WARN if distance[name] > 1.5 else PASS
-    direction = "too large: unstable" if finite[name] > target[name] else "too small: not learning"
+    warn_at = 2.0 if adaptive else 1.5
+    status = FAIL if distance[name] > 3 else WARN if distance[name] > warn_at else PASS
+    direction = "too large: unstable" if finite[name] > 1e-3 else "too small: not learning"
     advice = "" if status == PASS else f"{direction} at lr={lr:.3g}"
     if weight_decay:
         advice = f"{advice}; {weight_decay}" if advice else weight_decay
     measured = f"{finite[name]:.2g} for '{name}' (the farthest"
-    measured += f" from its lr / rms(w) = {target[name]:.2g})" if adaptive else ")"
+    pace = lr / weight_rms[name] if adaptive and weight_rms.get(name, 0) > 0 else None
+    measured += f"; an adaptive step's pace there, lr / rms(w), is {pace:.2g})" if pace else ")"
     return Check("update_ratio", status, measured, expected, advice)
 
 

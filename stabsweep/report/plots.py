@@ -8,6 +8,7 @@ sweep, warmup, the stability frontier) are in ``sweep_plots.py``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -240,7 +241,9 @@ def layers(log: object, path: Path, *, title: str) -> Path:
     fig, axes = figure((1.0, 1.0, 1.0), height=6.2)
     names = list(log.layers)
     x = np.arange(len(names))
-    ratio = np.nanmedian(log.update_ratio, axis=0) if len(log.steps) else np.full(len(names), np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # a tensor whose every ratio is NaN shows none
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ratio = np.nanmedian(log.update_ratio, axis=0) if len(log.steps) else np.full(len(names), np.nan)
     panels = (
         (log.grad_norm[0], "gradient norm\n(first step)", "tab:blue"),
         (log.weight_norm[0], "weight norm", "tab:green"),

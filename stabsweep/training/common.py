@@ -185,7 +185,12 @@ def eval_record(step: int, sums: dict[str, float], count: int) -> dict[str, floa
 
 
 def batch_size_of(batch: Any) -> int:
-    return len(batch[0]) if isinstance(batch, (list, tuple)) else 1
+    """Examples in a batch: the length of its first tensor (an ``(inputs, targets)`` pair, or a
+    dict such as a HuggingFace collator's); 1 when nothing says."""
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else None
+    if isinstance(batch, dict) and batch:
+        first = next(iter(batch.values()))
+    return len(first) if isinstance(first, torch.Tensor) and first.dim() else 1
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -64,9 +64,10 @@ class BatchScan:
 
 
 def scan_batches(workload: Workload, device: torch.device, budget_s: float, most: int) -> BatchScan:
-    """The loss of every training batch of the first epoch at initialisation, in eval mode
-    without gradients (no backward, no update: the untrained model's view of the data), for
-    at most ``budget_s`` seconds or ``most`` batches."""
+    """The loss of every training batch of the first epoch at initialisation, as training
+    computes it (training mode) but without gradients (no backward, no update: the untrained
+    model's view of the data), for at most ``budget_s`` seconds or ``most`` batches. The model
+    is a fresh one, used for nothing else (BatchNorm's running statistics move)."""
     import time
 
     from stabsweep.training.common import to_device
@@ -77,20 +78,16 @@ def scan_batches(workload: Workload, device: torch.device, budget_s: float, most
     except TypeError:
         total = None
     losses, stopped = [], None
-    model = workload.model
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng():
-            for index, batch in enumerate(workload.train_data):
-                losses.append(float(training_loss(workload, model, to_device(batch, device))))
-                if index + 1 >= most:
-                    stopped = f"the first {most} batches (doctor.scan_batches)"
-                    break
-                if time.perf_counter() - start > budget_s:
-                    stopped = f"{budget_s:g} s of scanning (doctor.scan_seconds)"
-                    break
-    finally:
-        model.train()
+    model = workload.model.train()
+    with torch.no_grad(), torch.random.fork_rng():
+        for index, batch in enumerate(workload.train_data):
+            losses.append(float(training_loss(workload, model, to_device(batch, device))))
+            if index + 1 >= most:
+                stopped = f"the first {most} batches (doctor.scan_batches)"
+                break
+            if time.perf_counter() - start > budget_s:
+                stopped = f"{budget_s:g} s of scanning (doctor.scan_seconds)"
+                break
     return BatchScan(losses, total, time.perf_counter() - start, stopped if total != len(losses) else None)
 
 
