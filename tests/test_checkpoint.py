@@ -164,3 +164,25 @@ def test_kill_9_mid_batch_then_resume_gives_the_files_of_an_uninterrupted_run(fl
             got.drop(columns="wall_seconds", errors="ignore"), want.drop(columns="wall_seconds", errors="ignore")
         )
     assert not list((out / "lr" / "checkpoints").glob("*"))
+
+
+def test_a_batchnorm_batch_resumes_with_each_trials_running_statistics(tmp_path, monkeypatch):
+    """BatchNorm's running statistics are rows of the batch like its weights: a checkpoint
+    carries them, and the resumed trials evaluate as if never interrupted."""
+    from .real_models import resnet
+
+    specs = [TrialSpec(i, lr, 0, 30, 10, ScheduleConfig()) for i, lr in enumerate([1e-3, 3e-3, 1e-2])]
+    resnet_job = dataclasses.replace(
+        job(tmp_path, "vectorized"), factory=resnet, optimizer=OptimizerConfig(name="momentum")
+    )
+    reference = list(run_trials(specs, dataclasses.replace(resnet_job, checkpoint_dir=None)))
+    real_save, calls = checkpoint.Checkpointer.save, []
+    monkeypatch.setattr(checkpoint.Checkpointer, "due", lambda self: calls.append(1) or len(calls) == 15)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", lambda self, state: (real_save(self, state), _raise()))
+    with pytest.raises(Killed):
+        list(run_trials(specs, resnet_job))
+    monkeypatch.undo()
+    resumed = list(run_trials(specs, resnet_job))
+    assert all(any("from a checkpoint" in note for note in r.notes) for r in resumed)
+    assert all(r.engine == "vectorized" for r in resumed)
+    assert_same_results(resumed, reference)

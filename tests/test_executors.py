@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from stabsweep.cli import app
 
-from .conftest import needs_ray
+from .conftest import ROOT, needs_ray
 from .sweep_files import assert_same_sweep, sweep_files
 
 runner = CliRunner()
@@ -50,25 +50,34 @@ def test_every_executor_and_engine_writes_the_same_trials(flags, reference, smok
     assert_same_sweep(lr_run(smoke_config_path, tmp_path, *flags), reference)
 
 
-def test_forcing_vectorized_on_a_batchnorm_model_is_a_clear_error(write_config):
+FP16 = f"workload: {{factory: '{ROOT}/tests/field_cases/10-fp16-adam-eps/workload.py:build'}}\n"
+
+
+def test_a_batchnorm_model_runs_vectorized(write_config):
     config = write_config(
         "name: t\nworkload: {name: cnn, args: {channels: 4}, batch_size: 16}\n"
         "train: {steps: 5, eval_every: 5}\nlr_sweep: {lrs: [0.01, 0.1]}\n"
     )
     result = runner.invoke(app, ["lr", str(config), "--engine", "vectorized", "--out", str(config.parent / "o")])
+    assert result.exit_code == 0, result.output
+    assert "one at a time" not in result.output
+
+
+def test_forcing_vectorized_on_a_float16_model_is_a_clear_error(write_config):
+    config = write_config(f"name: t\n{FP16}train: {{steps: 5, eval_every: 5}}\nlr_sweep: {{lrs: [0.01, 0.1]}}\n")
+    result = runner.invoke(app, ["lr", str(config), "--engine", "vectorized", "--out", str(config.parent / "o")])
     assert result.exit_code == 2
-    assert "execution.engine" in result.output and "BatchNorm2d" in result.output
+    assert "execution.engine" in result.output and "float16" in result.output
     assert "Traceback" not in result.output
 
 
-def test_auto_engine_says_once_why_trials_run_one_at_a_time(write_config):
-    config = write_config(
-        "name: t\nworkload: {name: cnn, args: {channels: 4}, batch_size: 16}\n"
-        "train: {steps: 5, eval_every: 5}\nlr_sweep: {lrs: [0.01, 0.1, 1.0]}\n"
-    )
+def test_auto_engine_says_why_trials_run_one_at_a_time_before_they_start(write_config):
+    config = write_config(f"name: t\n{FP16}train: {{steps: 5, eval_every: 5}}\nlr_sweep: {{lrs: [0.01, 0.1, 1.0]}}\n")
     result = runner.invoke(app, ["lr", str(config), "--out", str(config.parent / "o")])
     assert result.exit_code == 0, result.output
-    assert result.output.count("running trials one at a time: BatchNorm2d") == 1
+    assert result.output.count("running trials one at a time: its trainable parameters are float16") == 1
+    notice = result.output.index("running trials one at a time")
+    assert notice < result.output.index("lr=0.01 seed 0")  # said before the first trial finished
 
 
 def test_bad_execution_settings_are_config_errors(write_config):

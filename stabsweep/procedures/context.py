@@ -79,6 +79,7 @@ class Context:
     plot_warnings: list[str] = field(default_factory=list)  # plots that could not be drawn, and why
     within: str | None = None  # the command running this one as a stage (tune): it names the next step itself
     epoch_length: int | None = None  # batches per epoch of train_data, when it has a length (set by job())
+    one_at_a_time: str | None = None  # why the model cannot be batched, when that is known before training
 
     @property
     def run_root(self) -> Path:
@@ -109,12 +110,13 @@ class Context:
             self.epoch_length = len(workload.train_data) or None
         except TypeError:  # an iterable without a length: batches are named by step only
             self.epoch_length = None
-        if execution.engine == "vectorized":
-            from stabsweep.training.vmap_support import why_not_vectorizable
+        from stabsweep.training.vmap_support import why_not_vectorizable
 
-            reason = why_not_vectorizable(workload.model)
-            if reason:
-                raise UserError(f"execution.engine: vectorized is impossible here: {reason}; use auto or sequential")
+        self.one_at_a_time = why_not_vectorizable(workload.model) if execution.engine != "sequential" else None
+        if execution.engine == "vectorized" and self.one_at_a_time:
+            raise UserError(
+                f"execution.engine: vectorized is impossible here: {self.one_at_a_time}; use auto or sequential"
+            )
         device = resolve_device(self.config.device)
         return TrialJob(
             factory,
@@ -147,6 +149,8 @@ class Context:
             job, checkpoint_dir=checkpoints, checkpoint_every=self.config.execution.checkpoint_every
         )
         results = []
+        if self.one_at_a_time and len(todo) > 1:  # known before training: said before it starts, once
+            self.say(f"running trials one at a time: {self.one_at_a_time}")
         with SweepProgress(self.console, label, total=len(specs), done=len(specs) - len(todo)) as progress:
             for result in self.executor.run(todo, job, None if self.options.quiet else progress.on_step):
                 if result.spec.trial_id in store.completed:  # a resumed batch retrains it; written already
@@ -155,11 +159,15 @@ class Context:
                 progress.advance(result)
                 results.append(result)
                 for note in engine_notes(result):
-                    if note not in self.told:
-                        self.told.add(note)
-                        self.console.print(note, markup=False)
+                    self.say(note)
         prune(checkpoints, store.completed)
         return results
+
+    def say(self, note: str) -> None:
+        """Print an engine note, once per command."""
+        if note not in self.told:
+            self.told.add(note)
+            self.console.print(note, markup=False)
 
     def setup(self, **what: Any) -> dict[str, Any]:
         """What makes two runs comparable for the stability gate: the workload, and ``what`` (the

@@ -283,6 +283,7 @@ def _first_steps(ctx: Context, job: Any, device: torch.device, lr: float, store:
 
     steps = ctx.config.doctor.update_steps
     spec = TrialSpec(1, lr, ctx.config.seed, steps, steps, ctx.config.train.schedule, columns={"phase": "first_steps"})
+
     def training_only(seed: int) -> Workload:  # what training does, not what evaluation does
         return dataclasses.replace(job.factory(seed), eval_data=None)
 

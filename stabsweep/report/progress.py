@@ -127,18 +127,27 @@ class SweepProgress:
         parts.append(f"{_duration(time.monotonic() - self.start)} elapsed")
         eta = self._batch_eta()
         if eta is not None:
-            parts.append(f"the batch ends in ~{_duration(eta)}")
+            batch_eta, batch_length = eta
+            queued = self.total - self.finished - running  # trials not started yet: batches to come
+            if queued > 0 and running > 0:
+                sweep_eta = batch_eta + batch_length * math.ceil(queued / running)
+                parts.append(f"the sweep ends in ~{_duration(sweep_eta)}")
+            else:
+                parts.append(f"the batch ends in ~{_duration(batch_eta)}")
         return ", ".join(parts)
 
-    def _batch_eta(self) -> float | None:
+    def _batch_eta(self) -> tuple[float, float] | None:
         """When the slowest running batch reaches its last step, at its pace so far (a batch that
-        drops trials as they finish only speeds up, so this errs long)."""
+        drops trials as they finish only speeds up, so this errs long), and how long such a
+        batch takes from start to end: the batches still to come (one trial each, when trials
+        run one at a time) are counted at that length."""
         etas = []
         for worker, (step, length, _) in self.workers.items():
             since, first = self.since[worker]
             elapsed = time.monotonic() - since
             if step > first and elapsed > 0.5:
-                etas.append(elapsed / (step - first) * (length - step))
+                per_step = elapsed / (step - first)
+                etas.append((per_step * (length - step), per_step * length))
         return max(etas) if etas else None
 
 

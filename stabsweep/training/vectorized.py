@@ -65,7 +65,14 @@ from stabsweep.training.common import (
 )
 from stabsweep.training.layers import BatchLayers
 from stabsweep.training.seeds import SeedGroups
-from stabsweep.training.vmap_support import NotVectorizable, noting_looped_ops, quiet_looped_ops, why_not_vectorizable
+from stabsweep.training.vmap_support import (
+    NotVectorizable,
+    batchable_attention,
+    noting_looped_ops,
+    quiet_looped_ops,
+    running_buffers,
+    why_not_vectorizable,
+)
 from stabsweep.workloads.base import Workload
 
 
@@ -108,7 +115,9 @@ class TrialBatch:
         # Frozen parameters and buffers: passed once, unbatched, when every seed has the same
         # (always with one seed); per row otherwise (a frozen embedding drawn from the seed).
         fixed = {**{n: t for n, t in stacked.items() if n not in self.shapes}, **buffers}
-        same = {name: bool((value == value[:1]).all()) for name, value in fixed.items()}
+        # Running statistics are updated in place by each trial's own forward: one row per trial.
+        running = {f"model.{name}" for name in running_buffers(template.workload.model)}
+        same = {name: name not in running and bool((value == value[:1]).all()) for name, value in fixed.items()}
         self.shared = {name: value[0].detach() for name, value in fixed.items() if same[name]}
         self.row_shared = {name: value.detach() for name, value in fixed.items() if not same[name]}
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
@@ -249,7 +258,7 @@ class TrialBatch:
         self.synced = 0  # steps whose losses are on the host and judged
         self.progress, self.next_report = progress, 0.0
         if resume is None:
-            with quiet_looped_ops(), noting_looped_ops(self.looped_ops):
+            with quiet_looped_ops(), noting_looped_ops(self.looped_ops), batchable_attention(self.device):
                 self._record_evals(0, self.active)
         else:
             self._restore(resume)
@@ -258,7 +267,7 @@ class TrialBatch:
         while self.active.size:
             # vmap's warning for an op it loops over is noted once (see noting_looped_ops) and
             # silenced only around the batch's own steps, not for the rest of the process.
-            with quiet_looped_ops():
+            with quiet_looped_ops(), batchable_attention(self.device):
                 finished = self._advance()
             self.finished += finished
             yield from finished

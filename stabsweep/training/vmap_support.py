@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from torch import nn
@@ -53,9 +53,9 @@ def noting_looped_ops(looped: set[str]) -> Iterator[None]:
 
 
 def why_not_vectorizable(model: nn.Module) -> str | None:
-    """A reason known before running: layers whose training step mutates shared state,
-    trainable weights of several dtypes, which one row of weights per trial cannot hold, or
-    half-precision weights, whose batched step would not match the trial's own."""
+    """A reason known before running: trainable weights of several dtypes, which one row of
+    weights per trial cannot hold, or half-precision weights, whose batched step would not
+    match the trial's own. (BatchNorm is batched: see :func:`running_buffers`.)"""
     dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
     if len(dtypes) > 1:
         return f"its trainable parameters mix dtypes ({', '.join(sorted(dtypes))})"
@@ -65,13 +65,21 @@ def why_not_vectorizable(model: nn.Module) -> str | None:
             f"its trainable parameters are {half.pop()}: the batched step (torch.optim's step at lr = 1, then each "
             "trial's share of it) rounds differently in half precision from torch.optim's step at each trial's rate"
         )
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            return (
-                f"{type(module).__name__} at '{name or 'model'}' updates running statistics in training mode, "
-                "which vmap cannot batch"
-            )
     return None
+
+
+def running_buffers(model: nn.Module) -> list[str]:
+    """The buffers a training step updates in place: BatchNorm's (1d, 2d, 3d, SyncBatchNorm on
+    one device, which is BatchNorm there) and InstanceNorm's running mean and variance and
+    ``num_batches_tracked``, when the module tracks running statistics. In a batch each trial
+    gets its own row of them, as of its parameters, so each keeps its own statistics (an
+    in-place update of a buffer shared by the trials is what vmap cannot batch)."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    names = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, norms) and module.track_running_stats:
+            names += [f"{prefix}.{name}" if prefix else name for name, _ in module.named_buffers(recurse=False)]
+    return names
 
 
 class Bound(nn.Module):
@@ -83,3 +91,19 @@ class Bound(nn.Module):
 
     def forward(self, fn: Callable[[nn.Module, Any], Any], batch: Any) -> Any:
         return fn(self.model, batch)
+
+
+def batchable_attention(device: Any) -> Any:
+    """A context in which a batch's attention is batched by vmap, not looped over.
+
+    On the CPU, ``scaled_dot_product_attention`` picks a fused kernel that has no vmap
+    batching rule, so a batch runs it trial by trial. Its math formulation (matmuls and a
+    softmax) gives the same values (to float rounding) and vmap batches it: the batch asks for
+    it. Measured faster in a batch on 2 CPU cores (GPT-2 and BERT, 8 rates: ``make bench``'s
+    model rows). A CUDA device keeps its own kernels.
+    """
+    if getattr(device, "type", str(device)) != "cpu":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
