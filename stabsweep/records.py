@@ -89,6 +89,7 @@ class TrialJob:
     checkpoint_dir: str | None = None  # where a running batch saves itself; None: never
     checkpoint_every: float = 0.0  # seconds between saves; 0: never
     log_layers_every: int = 0  # per-layer norms every this many steps (layers.csv); 0: never
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward (fp16 with a gradient scaler)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class TrialResult:
     fallback: str | None = None  # why a trial meant for a batch ran alone
     looped_ops: tuple[str, ...] = ()  # ops its batch ran trial by trial: vmap has no batching rule for them
     notes: tuple[str, ...] = ()  # side features that were switched off for this trial, and why
+    skipped_steps: int | None = None  # fp16: steps the gradient scaler skipped (inf or NaN gradients)
 
     @property
     def clipped_fraction(self) -> float | None:
@@ -161,6 +163,7 @@ class TrialResult:
             "spike_step": self.spike_step,
             "steps_run": self.steps_run,
             "clipped_fraction": self.clipped_fraction,
+            "skipped_steps": self.skipped_steps,
             "wall_seconds": round(self.wall_seconds, 3),
             "error": self.error,
         }

@@ -124,6 +124,7 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig | None = None  # null | number | {percentile: 90, window: 1000} | {zscore: 2.5}
     warmup_steps: Int = Field(0, ge=0, le=MAX_STEPS)  # a linear warmup prepended to the schedule (steps + this in all)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward; fp16 adds a gradient scaler
     log_layers: bool = False  # per-layer gradient norm, weight norm and update ratio in layers.csv
     log_layers_every: Int = Field(10, ge=1, le=MAX_STEPS)  # ... every this many steps
 

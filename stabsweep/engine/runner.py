@@ -84,7 +84,16 @@ def _one_at_a_time(
     checkpoints = (job.checkpoint_dir, job.checkpoint_every)
     for spec in specs:
         result = train_trial(
-            spec, job.factory, job.optimizer, job.detect, device, checkpoints, resume, progress, job.log_layers_every
+            spec,
+            job.factory,
+            job.optimizer,
+            job.detect,
+            device,
+            checkpoints,
+            resume,
+            progress,
+            job.log_layers_every,
+            job.precision,
         )
         yield dataclasses.replace(result, fallback=fallback) if fallback else result
 
@@ -115,7 +124,9 @@ def _vectorized(
     trials = None
     try:
         checkpointer = Checkpointer(job.checkpoint_dir, job.checkpoint_every, batch)
-        trials = TrialBatch(batch, job.factory, job.optimizer, job.detect, device, checkpointer, job.log_layers_every)
+        trials = TrialBatch(
+            batch, job.factory, job.optimizer, job.detect, device, checkpointer, job.log_layers_every, job.precision
+        )
         for result in trials.run(resume, progress):
             finished.add(result.spec.trial_id)
             yield result

@@ -112,7 +112,9 @@ class Context:
             self.epoch_length = None
         from stabsweep.training.vmap_support import why_not_vectorizable
 
-        self.one_at_a_time = why_not_vectorizable(workload.model) if execution.engine != "sequential" else None
+        self.one_at_a_time = None
+        if execution.engine != "sequential":
+            self.one_at_a_time = why_not_vectorizable(workload.model, self.config.train.precision)
         if execution.engine == "vectorized" and self.one_at_a_time:
             raise UserError(
                 f"execution.engine: vectorized is impossible here: {self.one_at_a_time}; use auto or sequential"
@@ -126,6 +128,7 @@ class Context:
             engine=execution.engine,
             max_batch=execution.max_batch,
             log_layers_every=self.config.train.log_layers_every if self.config.train.log_layers else 0,
+            precision=self.config.train.precision,
         )
 
     def store(self, command: str) -> ResultsStore:

@@ -14,7 +14,7 @@ import sysconfig
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,24 @@ def lr_schedule(spec: TrialSpec) -> np.ndarray:
         prepend_warmup=spec.warmup_steps,
     )
     return table[: spec.steps]
+
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision -> autocast's dtype
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The forward's mixed precision, as ``torch.amp`` runs it: ``torch.autocast`` to bf16 or
+    fp16 on the trial's device (fp16 also takes a gradient scaler: ``grad_scaler``); nothing
+    for fp32. Weights, gradients, the optimizer and every per-step record stay float32."""
+    if precision not in PRECISIONS:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16's loss scaling (``torch.amp.GradScaler``): a step whose unscaled gradients are not
+    finite is skipped and the scale halves; None for the other precisions."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
 def training_loss(workload: Workload, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -96,10 +114,10 @@ class EvalTerms:
     def _sums(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         n = batch_size_of(batch)
         if self.workload.loss is not None:
-            return {"loss": self.workload.loss(model, batch) * n}
+            return {"loss": self.workload.loss(model, batch).float() * n}  # summed in float32 whatever the precision
         inputs, targets = batch
         outputs = model(inputs)
-        loss = self.workload.loss_fn(outputs, targets)
+        loss = self.workload.loss_fn(outputs, targets).float()
         sums = {"loss": loss * n}
         if self.accuracy and classifies(outputs, targets):
             self.num_classes = self.num_classes or int(outputs.shape[-1])
@@ -313,6 +331,7 @@ def trial_result(
     norms: np.ndarray,
     thresholds: np.ndarray,
     evals: list[dict[str, float]],
+    scaled: bool = False,
 ) -> TrialResult:
     """Judge a trial's records (cut at the steps it ran) and package them as its result."""
     steps_run = losses.size
@@ -334,6 +353,8 @@ def trial_result(
         spike_step=verdict.spike_step,
         steps=step_log(lrs, losses, norms, thresholds),
         evals=evals,
+        # fp16's scaler skips exactly the steps whose unscaled gradient norm is not finite
+        skipped_steps=int((~np.isfinite(norms)).sum()) if scaled else None,
     )
 
 

@@ -33,10 +33,12 @@ from stabsweep.training.common import (
     DataStream,
     EvalTerms,
     Progress,
+    autocast,
     eval_record,
     eval_sums,
     evaluating,
     failed_result,
+    grad_scaler,
     lr_schedule,
     place_data,
     read_records,
@@ -63,6 +65,7 @@ def train_trial(
     resume: dict[str, Any] | None = None,
     progress: Progress | None = None,
     layers_every: int = 0,
+    precision: str = "fp32",
 ) -> TrialResult:
     """Run one trial (from ``resume``, a checkpoint's state, when given). What the user's code
     raises (errors.user_code), or running out of memory, is a FAILED result with the steps it
@@ -71,7 +74,7 @@ def train_trial(
     trial = None
     try:
         checkpointer = Checkpointer(*checkpoints, [spec])
-        trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, checkpointer, layers_every)
+        trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, checkpointer, layers_every, precision)
         return trial.run(start, resume, progress)
     except Exception as exc:
         if not trial_failure(exc):
@@ -89,8 +92,10 @@ class _Trial:
         device: torch.device,
         checkpointer: Checkpointer,
         layers_every: int = 0,
+        precision: str = "fp32",
     ) -> None:
         self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
+        self.precision, self.scaler = precision, grad_scaler(device, precision)
         self.checkpointer = checkpointer
         self.model = workload.model.to(device)
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
@@ -138,6 +143,7 @@ class _Trial:
             read_records(self.norms[:steps_run]),
             read_records(self.thresholds[:steps_run]) if self.thresholds else np.full(steps_run, np.nan),
             self.evals,
+            scaled=self.scaler is not None,
         )
         self.checkpointer.discard()
         layers = self.layers.log(steps_run) if self.layers.every else None
@@ -149,7 +155,7 @@ class _Trial:
         steps, device, divergence_factor = self.spec.steps, self.device, self.detect.divergence_factor
         patience = self.detect.divergence_patience
         bad_run = 0  # losses above the divergence bar in a row, up to this step
-        group = self.optimizer.param_groups[0]
+        group, scaler = self.optimizer.param_groups[0], self.scaler
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
         losses = self.losses
         # Every step on the CPU, where reading a loss costs less than buffering it; in chunks
@@ -161,15 +167,18 @@ class _Trial:
             batch = next(self.stream)
             if not self.data_on_device:
                 batch = to_device(batch, device)
-            loss = training_loss(self.workload, self.model, batch)
+            with autocast(device, self.precision):
+                loss = training_loss(self.workload, self.model, batch)
             grads.zero()
             with user_code():  # the backward of the user's graph (a custom autograd.Function's, say)
-                loss.backward()
+                (loss if scaler is None else scaler.scale(loss)).backward()
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)  # the norm, clipping and the records see the true gradients
             norm = grads.norm()
             if read_now:
                 losses[step] = loss.item()
             else:
-                self.step_losses.append(loss.detach())
+                self.step_losses.append(loss.detach().float())
             self.norms.append(norm)
             logging = self.layers.due(step)
             if logging:
@@ -178,7 +187,11 @@ class _Trial:
                 threshold = self.clipper.threshold(norm.reshape(1), step)[0]
                 self.thresholds.append(threshold)
                 clip_grads_with_norm_(self.params, threshold, norm)
-            self.optimizer.step()
+            if scaler is None:
+                self.optimizer.step()
+            else:  # skipped when the gradients are not finite; the scale adapts
+                scaler.step(self.optimizer)
+                scaler.update()
             if logging:
                 self.layers.after_step(step)
 
@@ -213,7 +226,7 @@ class _Trial:
         data = self.workload.eval_data
         if data is None:
             return {"step": step, "eval_loss": math.nan}
-        with evaluating(self.model, self.device):
+        with evaluating(self.model, self.device), autocast(self.device, self.precision):
             sums, count = eval_sums(
                 lambda batch: self.eval_terms(self.model, batch), data, self.device, self.eval_on_device
             )
@@ -241,6 +254,7 @@ class _Trial:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "clipper": self.clipper.state_dict() if self.clipper is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "losses": self.losses[: self.step].copy(),
             "norms": read_records(self.norms),
             "thresholds": read_records(self.thresholds) if self.thresholds else None,
@@ -256,6 +270,8 @@ class _Trial:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.clipper is not None:
             self.clipper.load_state_dict(state["clipper"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step = self.synced = state["step"]
         self.losses[: self.step] = state["losses"]
         self.step_losses = [None] * self.step  # read already; only later entries are ever read

@@ -53,6 +53,7 @@ from stabsweep.training.common import (
     PROGRESS_EVERY_S,
     EvalTerms,
     Progress,
+    autocast,
     eval_record,
     eval_sums,
     evaluating,
@@ -88,13 +89,15 @@ class TrialBatch:
         device: torch.device,
         checkpointer: Checkpointer | None = None,
         layers_every: int = 0,
+        precision: str = "fp32",
     ) -> None:
         specs = sorted(specs, key=lambda spec: spec.seed)  # each seed's rows contiguous (training/seeds.py)
+        self.precision = precision
         self.specs, self.detect, self.device = specs, detect, device
         self.checkpointer = checkpointer or Checkpointer(None, 0, specs)
         self.seeds = SeedGroups([spec.seed for spec in specs], factory, device)
         template = self.seeds.template
-        reason = why_not_vectorizable(template.workload.model)
+        reason = why_not_vectorizable(template.workload.model, precision)
         if reason:
             raise NotVectorizable(reason)
         self.workload, self.bound = template.workload, template.bound
@@ -281,13 +284,16 @@ class TrialBatch:
         finished: list[TrialResult] = []
         while not finished:
             step = self.steps_done
-            with noting_looped_ops(self.looped_ops) if step == 0 else nullcontext():
+            with (
+                noting_looped_ops(self.looped_ops) if step == 0 else nullcontext(),
+                autocast(self.device, self.precision),
+            ):
                 loss = self._losses()  # [active trial]
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
             norms = torch.linalg.vector_norm(self.flat_grad, dim=1)  # get_total_norm, per trial
-            self.loss_buf[self.rows, step] = loss.detach()
+            self.loss_buf[self.rows, step] = loss.detach().float()  # a record is float32 whatever the precision
             self.norm_buf[self.rows, step] = norms
             logging = self.layers.due(step)
             if logging:
@@ -380,7 +386,7 @@ class TrialBatch:
                     self.evals[active[row]].append({"step": step, "eval_loss": math.nan})
                 continue
             params, row_shared = self._rows(start, end)
-            with evaluating(self.bound, self.device):
+            with evaluating(self.bound, self.device), autocast(self.device, self.precision):
                 sums, count = eval_sums(
                     lambda batch, p=params, r=row_shared: self.eval_batch(p, r, self.shared, batch),
                     data,

@@ -52,13 +52,18 @@ def noting_looped_ops(looped: set[str]) -> Iterator[None]:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def why_not_vectorizable(model: nn.Module) -> str | None:
+def why_not_vectorizable(model: nn.Module, precision: str = "fp32") -> str | None:
     """A reason known before running: trainable weights of several dtypes, which one row of
     weights per trial cannot hold, or half-precision weights, whose batched step would not
     match the trial's own. (BatchNorm is batched: see :func:`running_buffers`.)"""
     dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
     if len(dtypes) > 1:
         return f"its trainable parameters mix dtypes ({', '.join(sorted(dtypes))})"
+    if precision == "fp16":
+        return (
+            "train.precision fp16 scales the loss and skips the steps whose gradients overflow, per trial; "
+            "torch.optim's state, shared by the trials of a batch, cannot skip a step for one trial only"
+        )
     half = dtypes & {"float16", "bfloat16"}
     if half:
         return (
