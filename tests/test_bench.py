@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,11 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_bench_writes_every_ratio(tmp_path):
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--runs", "1", "--no-ray", "--steps", "60"]
+    bench += ["--model-steps", "3"]
     env = {**os.environ, "COLUMNS": "200"}  # one printed line per message
     # A tiny sweep and no time limit of its own: a slow machine makes it slow, never red.
     run = subprocess.run([*bench, "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "bench.csv")
+    models = ["resnet", "wide_resnet"] + (["gpt2"] if importlib.util.find_spec("transformers") else [])
     assert list(frame["id"]) == [
         "a",
         "b",
@@ -32,9 +35,12 @@ def test_bench_writes_every_ratio(tmp_path):
         "progress",
         "seeds",
         "layers",
+        *[f"{model} {row}" for model in models for row in ("seq", "b", "a", "mem")],
     ]
     assert (frame["ratio"] > 0).all() and (frame["seconds"] > 0).all()
-    assert list(frame.loc[frame["target"].notna(), "id"]) == ["a", "b", "ckpt", "progress", "seeds", "layers"]
+    targets = ["a", "b", "ckpt", "progress", "seeds", "layers", *[f"{model} seq" for model in models]]
+    assert list(frame.loc[frame["target"].notna(), "id"]) == targets
+    assert set(frame.loc[frame["id"].str.endswith(" seq"), "target_kind"]) == {"at least"}
     # The sweep's matrix products: 15.17 MFLOP per trial-step of the quickstart MLP (64-128-128-128-10,
     # batch 64: forward, weight and input gradients), over the trial-steps the printed count gives.
     trial_steps = int(run.stderr.split("the 16-rate sweep ran ")[1].split(" trial-steps")[0].replace(",", ""))
