@@ -103,7 +103,7 @@ def plain_loop(name: str, device: str, steps: int | None = None) -> float:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            float(loss)  # read, as the trial reads it
+            loss.item()  # read, as the trial reads it
             done += 1
             if done == spec.steps:
                 break

@@ -110,6 +110,7 @@ class Noise:
     residuals: np.ndarray
     sigma: np.ndarray  # per step
     counts: np.ndarray  # the samples each step's median was taken over
+    z: np.ndarray  # each batch's excess over the trend, in local standard deviations
 
     @property
     def trend_sigma(self) -> np.ndarray:
@@ -127,7 +128,7 @@ class Noise:
         """Whether the excursion at step index ``t``, in units of the local noise, is above ``bar``
         and ``ratio`` × larger than any other of the curve outside the ``span`` steps around it
         (a burst of a few batches is one excursion)."""
-        z = self.residuals / np.maximum(self.sigma, 1e-12 * (1 + np.abs(self.trend)))
+        z = self.z
         if not z[t] > bar:
             return False
         outside = np.concatenate([z[: max(0, t - span)], z[t + span + 1 :]])
@@ -152,7 +153,10 @@ def noise(losses: np.ndarray, span: int) -> Noise:
         second[1:-1] = losses[1:-1] - (losses[:-2] + losses[2:]) / 2
         second[0], second[-1] = second[1], second[-2]
     spread = pd.Series(np.abs(second)).rolling(2 * span + 1, center=True, min_periods=1).median().to_numpy()
-    return Noise(trend, losses - trend, 1.4826 / math.sqrt(1.5) * spread, 2 * half + 1)
+    sigma = 1.4826 / math.sqrt(1.5) * spread
+    residuals = losses - trend
+    z = residuals / np.maximum(sigma, 1e-12 * (1 + np.abs(trend)))
+    return Noise(trend, residuals, sigma, 2 * half + 1, z)
 
 
 def judge(
@@ -299,12 +303,15 @@ def _spike_rise(
     progress = curve[0] - best
     rise = curve - best
     meaningful = progress > detect.min_improvement * initial
-    span = detect.smoothing
+    span, bar, seen = detect.smoothing, _spike_bar(losses.size, detect), set()
     for t in np.flatnonzero(meaningful & (rise > detect.rise_fraction * progress)):
         t = int(t)
         window = slice(max(0, t - span), t + 1)
         k = window.start + int(np.argmax(found.residuals[window]))
-        if found.isolated(k, span, detect.spike_ratio, _spike_bar(losses.size, detect)):
+        if k in seen:  # the same batch behind the rise at the step before: judged already
+            continue
+        seen.add(k)
+        if found.isolated(k, span, detect.spike_ratio, bar):
             kind = "early" if k < _early_window(run_length, detect) else "mid-training"
             return k + 1, (
                 f"{kind} instability: a spike to {losses[k]:.4g} at step {k + 1} ({losses[k] / found.trend[k]:.3g}× "

@@ -186,6 +186,10 @@ def _summary(
             "best_lr": f"the feasible rate with the lowest mean {found.objective} over its seeds",
             "unstable_base_lr": "smallest rate above best_lr where any seed diverged, was unstable or learned nothing",
             "p_unstable": "share of a rate's seeds that diverged, were unstable or learned nothing",
+            "noise": "a rise counts only beyond the curve's own noise: the trend (median of 2 × smoothing + 1 "
+            "batch losses) rising by noise_sigma × √(2 ln(steps / smoothing)) of its noise, or an isolated spike "
+            "(spike_ratio × any other excursion); a loss above divergence_factor × initial must stay there "
+            "divergence_patience more steps to diverge (one batch that falls back is a spike: spike_step)",
             "rate_independent": "every rate over two decades or more failing at the same step (one batch), or "
             "every rate's loss non-finite within the first steps from a finite start: the data, the loss or the "
             "model's numerics, not the rate; trials unstable only at that step count as ok for their rate",
