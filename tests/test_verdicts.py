@@ -54,6 +54,17 @@ def test_a_batch_that_spikes_at_every_rate_is_the_datas_fault_not_a_rate_edge(wr
     assert "warmup" not in summary["verdict"]
 
 
+@pytest.mark.slow
+def test_tune_does_not_mitigate_a_fault_of_the_data(write_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = invoke("tune", write_config(OUTLIER), "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "tune" / "summary.json").read_text())
+    assert summary["verdict"].startswith("Not tuned: Every rate from 1e-05")
+    assert summary["next_command"].startswith("stabsweep doctor")
+    assert not (tmp_path / "run" / "warmup").exists()  # no warmup stage for a data fault
+
+
 def test_one_batch_above_the_bar_that_falls_back_is_reported_as_a_spike():
     losses = np.linspace(2.3, 0.3, 200)
     losses[50] = 30.0

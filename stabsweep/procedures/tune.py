@@ -162,7 +162,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
     multiplier = multiplier or max(config.warmup_sweep.multipliers)
     lr_summary = _stage(ctx, "lr", lambda: lr.run(ctx))
     unstable = lr_summary.get("unstable_base_lr")
-    if unstable is None or lr_summary.get("best_lr") is None:
+    if unstable is None or lr_summary.get("best_lr") is None or lr_summary.get("rate_independent"):
         return _nothing_to_mitigate(ctx, lr_summary)
     lr_run = read_lr_run(ctx.run_root)
     warmup_summary = _stage(ctx, "warmup", lambda: warmup.run(ctx, float(unstable), lr_run))
@@ -304,9 +304,16 @@ def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, 
 
 
 def _nothing_to_mitigate(ctx: Context, lr_summary: dict[str, Any]) -> dict[str, Any]:
-    """No unstable rate in the grid (or nothing trained): a verdict, not an error."""
+    """No unstable rate in the grid, nothing trained, or a failure the rate does not explain
+    (the data's, the loss's, the numerics'): a verdict, not an error."""
     store = ctx.store(COMMAND)
-    if lr_summary.get("best_lr") is None:
+    if lr_summary.get("rate_independent"):
+        text = (
+            f"Not tuned: {lr_summary['verdict']} Warmup and clipping do not fix a fault of the data, the loss or "
+            "the numerics: find it first."
+        )
+        next_command = f"stabsweep doctor {shlex.quote(ctx.config.source)}"
+    elif lr_summary.get("best_lr") is None:
         text = "Nothing to tune: no rate of the lr sweep trained. Run stabsweep doctor to rule out a bug first."
         next_command = f"stabsweep doctor {shlex.quote(ctx.config.source)}"
     else:
