@@ -68,9 +68,9 @@ def test_a_sustained_rise_in_the_same_noise_is_caught(curve):
     losses = falling(*curve)
     rise, top = steps // 3, 2 * steps // 3
     trend = 2.3 * (0.4 / 2.3) ** (np.arange(steps) / (steps - 1))
-    # Over the middle third the loss climbs back, giving back 60% of the progress, and stays there.
+    # Over the middle third the loss climbs back, giving back 45% of the progress, and stays there.
     level = trend[rise]
-    target = level + 0.6 * (2.3 - level)
+    target = level + 0.45 * (2.3 - level)
     shape = np.concatenate([np.linspace(level, target, top - rise), np.full(steps - top, target)])
     losses[rise:] *= shape / trend[rise:]
     verdict = judge(np.clip(losses, 1e-3, 3.9 * 2.3), DETECT)

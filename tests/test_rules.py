@@ -68,7 +68,7 @@ def test_divergence_factor_is_configurable():
 
 def test_divergence_step_honours_chunk_offset():
     chunk = np.array([1.0, 1.0, math.nan])
-    assert divergence_step(chunk, initial_loss=1.0, factor=4.0, offset=64) == 67
+    assert divergence_step(chunk, levels=1.0, factor=4.0, offset=64) == 67
     assert divergence_step(np.ones(5), 1.0, 4.0) is None
 
 
@@ -127,3 +127,21 @@ def test_small_rise_below_rise_fraction_is_ok():
 
 def test_empty_curve_is_failed():
     assert judge(np.array([]), DETECT).status is TrialStatus.FAILED
+
+
+def test_a_lucky_low_first_batch_is_not_the_level_training_starts_from():
+    """Batches of four noisy regression targets: the first batch's loss a tenth of the next
+    ones'. The initial level is the median of the first three, so nothing diverges at step 2."""
+    rng = np.random.default_rng(0)
+    losses = 0.45 * (0.25 / 0.45) ** (np.arange(300) / 299) * rng.gamma(4, 0.25, 300)
+    losses[:3] = [0.11, 0.52, 1.03]
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.OK, verdict.reason
+    assert "loss fell 0.44" in verdict.reason  # from the level (the median 0.52, at most 4 × 0.11), not 0.11
+
+
+def test_an_explosion_in_the_first_steps_still_diverges_at_once():
+    """A rate that explodes cannot drag the level up with it: at most divergence_factor × the first loss."""
+    losses = np.concatenate([[2.3, 110.4, 313.1, 403.9, 116.1, 30.5], np.full(100, 2.3)])
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.DIVERGED and verdict.diverged_step == 2

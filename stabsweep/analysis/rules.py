@@ -20,6 +20,10 @@ curve's own noise (``noise`` below):
   isolated: ``spike_ratio`` × larger than any other excursion of the curve. On a clean
   curve any clear spike is; on a noisy one, heavy batches are everywhere and none is.
 
+"Initial" is the initial loss *level*: the median of the first ``INITIAL_BATCHES`` (3) batch
+losses, between the first's and ``divergence_factor`` × the first's (:func:`initial_levels`),
+since one batch's loss is a noisy sample.
+
 Steps in reasons and in ``diverged_step`` are 1-based: step k is the k-th update.
 """
 
@@ -52,6 +56,33 @@ class Verdict:
         return "early" if self.early else "mid-training"
 
 
+INITIAL_BATCHES = 3  # the initial loss level: the median of the first this many batch losses
+
+
+def initial_levels(losses: np.ndarray, cap: float) -> np.ndarray:
+    """Per step (last axis): the initial loss level the rules compare with: the median of the
+    batch losses so far, of the first ``INITIAL_BATCHES`` at most (from then on fixed), never
+    below the first batch's loss and at most ``cap`` (``divergence_factor``) × it.
+
+    One batch's loss is a noisy sample: four regression targets made a first batch's loss a
+    tenth of the next ones', and every rate "diverged" at step 2 against it. The median of the
+    first three, seen by a model that has barely moved, says the level training starts from.
+    It is never below the first loss, the one loss no rate has touched (fast early learning
+    lowers the next ones, and progress is measured from where training started), and at most
+    ``cap`` × it, so a rate that explodes in those steps cannot drag the bar up with it (a loss
+    48× the first at step 2 is still a divergence). At step 1 the level is the first loss, so
+    the engine judges every step as it comes."""
+    losses = np.asarray(losses, dtype=float)
+    levels = np.empty_like(losses)
+    k = min(INITIAL_BATCHES, losses.shape[-1])
+    for t in range(k):
+        levels[..., t] = np.median(losses[..., : t + 1], axis=-1)
+    if losses.shape[-1] > k:
+        levels[..., k:] = levels[..., k - 1 : k]
+    first = losses[..., :1]
+    return np.clip(levels, first, cap * first)
+
+
 def bad_loss(loss: float, initial_loss: float, factor: float) -> bool:
     """One loss as the divergence rule sees it: non-finite, or above ``factor × initial_loss``.
     Plain floats, so it costs next to nothing on the hot path."""
@@ -59,11 +90,12 @@ def bad_loss(loss: float, initial_loss: float, factor: float) -> bool:
 
 
 def divergence_steps(
-    losses: np.ndarray, initial_loss: np.ndarray | float, factor: float, offset: int = 0, patience: int = 0
+    losses: np.ndarray, levels: np.ndarray | float, factor: float, offset: int = 0, patience: int = 0
 ) -> np.ndarray:
     """Per curve (last axis): the 1-based step at which a divergence is *decided*; 0 where none.
 
-    A non-finite loss decides it at once. A loss above ``factor × initial_loss`` decides it
+    A non-finite loss decides it at once. A loss above ``factor`` × its step's initial level
+    (``levels``: :func:`initial_levels`, the same shape as ``losses``, or a number) decides it
     when it is the ``patience + 1``-th such loss in a row (a single batch that jumps and falls
     back is a spike, not a divergence). Called by the engine on each chunk of fresh losses
     (``offset`` = steps before the chunk; a chunk should start ``patience`` steps early so a
@@ -71,7 +103,7 @@ def divergence_steps(
     """
     losses = np.asarray(losses, dtype=float)
     finite = np.isfinite(losses)
-    above = ~finite | (losses > factor * np.asarray(initial_loss, dtype=float)[..., None])
+    above = ~finite | (losses > factor * np.asarray(levels, dtype=float))
     decided = ~finite.copy()
     if patience == 0:
         decided |= above
@@ -86,10 +118,10 @@ def divergence_steps(
 
 
 def divergence_step(
-    losses: np.ndarray, initial_loss: float, factor: float, offset: int = 0, patience: int = 0
+    losses: np.ndarray, levels: np.ndarray | float, factor: float, offset: int = 0, patience: int = 0
 ) -> int | None:
     """:func:`divergence_steps` of one curve, None where it did not diverge."""
-    return int(divergence_steps(losses, initial_loss, factor, offset, patience)) or None
+    return int(divergence_steps(losses, levels, factor, offset, patience)) or None
 
 
 def smoothed(losses: np.ndarray, span: int) -> np.ndarray:
@@ -170,14 +202,15 @@ def judge(
     run_length = run_length or losses.size
     if losses.size == 0:
         return Verdict(TrialStatus.FAILED, "no training step ran")
-    initial = float(losses[0])
-    if not math.isfinite(initial):
-        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({initial}) at step 1", 1, early=True, step=1)
-    decided = divergence_step(losses, initial, detect.divergence_factor, patience=detect.divergence_patience)
+    if not math.isfinite(losses[0]):
+        return Verdict(TrialStatus.DIVERGED, f"non-finite loss ({losses[0]}) at step 1", 1, early=True, step=1)
+    levels = initial_levels(losses, detect.divergence_factor)
+    decided = divergence_step(losses, levels, detect.divergence_factor, patience=detect.divergence_patience)
     if decided is not None:
-        return _diverged(losses, initial, decided, detect, run_length)
+        return _diverged(losses, levels, decided, detect, run_length)
+    initial = float(levels[-1])
     verdict = _trained(losses, initial, detect, num_classes, run_length)
-    spike = _one_batch_spike(losses, initial, detect.divergence_factor)
+    spike = _one_batch_spike(losses, levels, detect.divergence_factor)
     if spike is None:
         return verdict
     note = (
@@ -187,10 +220,10 @@ def judge(
     return dataclasses.replace(verdict, reason=verdict.reason + note, spike_step=spike)
 
 
-def _one_batch_spike(losses: np.ndarray, initial: float, factor: float) -> int | None:
-    """The first (1-based) step whose loss jumped above ``factor × initial`` and fell back below
-    it before a divergence was decided (so the trial went on), or None."""
-    above = np.isfinite(losses) & (losses > factor * initial)
+def _one_batch_spike(losses: np.ndarray, levels: np.ndarray, factor: float) -> int | None:
+    """The first (1-based) step whose loss jumped above ``factor`` × the initial level and fell
+    back below it before a divergence was decided (so the trial went on), or None."""
+    above = np.isfinite(losses) & (losses > factor * levels)
     hits = np.flatnonzero(above)
     return int(hits[0]) + 1 if hits.size else None
 
@@ -232,10 +265,10 @@ def _trained(
     return Verdict(TrialStatus.OK, f"loss fell {initial:.4g} → {final:.4g}")
 
 
-def _diverged(losses: np.ndarray, initial: float, decided: int, detect: DetectConfig, run_length: int) -> Verdict:
+def _diverged(losses: np.ndarray, levels: np.ndarray, decided: int, detect: DetectConfig, run_length: int) -> Verdict:
     """The divergence decided at step ``decided``: it began at the first of its run of bad losses."""
     start, factor = decided, detect.divergence_factor
-    while start > 1 and math.isfinite(losses[start - 1]) and bad_loss(losses[start - 2], initial, factor):
+    while start > 1 and math.isfinite(losses[start - 1]) and bad_loss(losses[start - 2], levels[start - 2], factor):
         start -= 1
     value = float(losses[decided - 1])
     if not math.isfinite(value):

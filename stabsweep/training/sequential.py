@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn.utils import clip_grads_with_norm_
 
-from stabsweep.analysis.rules import bad_loss, divergence_step
+from stabsweep.analysis.rules import INITIAL_BATCHES, bad_loss, divergence_step, initial_levels
 from stabsweep.errors import user_code
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
@@ -158,6 +158,7 @@ class _Trial:
         group, scaler = self.optimizer.param_groups[0], self.scaler
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
         losses = self.losses
+        level = float(initial_levels(losses[: self.step], divergence_factor)[-1]) if self.step else math.nan
         # Every step on the CPU, where reading a loss costs less than buffering it; in chunks
         # on a GPU, where each read would stall the device.
         read_now = self.sync_every == 1
@@ -198,7 +199,9 @@ class _Trial:
             self.step = done = step + 1
             if read_now:  # one fresh loss: plain floats beat numpy calls
                 self.synced = done
-                if bad_loss(losses[step], losses[0], divergence_factor):
+                if step < INITIAL_BATCHES:  # the initial level (analysis/rules.py's initial_levels)
+                    level = min(max(float(np.median(losses[: step + 1])), losses[0]), divergence_factor * losses[0])
+                if bad_loss(losses[step], level, divergence_factor):
                     bad_run += 1
                     if bad_run > patience or not math.isfinite(losses[step]):
                         return done
@@ -209,7 +212,8 @@ class _Trial:
                 losses[synced:done] = torch.stack(self.step_losses[synced:done]).cpu().numpy()
                 self.synced = done
                 since = max(0, synced - patience)  # a run of bad losses may have begun in the last chunk
-                diverged_at = divergence_step(losses[since:done], losses[0], divergence_factor, since, patience)
+                levels = initial_levels(losses[:done], divergence_factor)[since:done]
+                diverged_at = divergence_step(losses[since:done], levels, divergence_factor, since, patience)
                 if diverged_at is not None:
                     return diverged_at
             if done % self.spec.eval_every == 0 or done == steps:
