@@ -58,7 +58,6 @@ def test_bf16_runs_batched_and_matches_the_trial_alone_and_a_plain_autocast_loop
     batched, alone = sweep("bf16"), sweep("bf16", "sequential")
     assert all(r.engine == "vectorized" and r.fallback is None for r in batched)
     for got, one in zip(batched, alone, strict=True):
-        assert got.steps.train_loss.dtype == np.float64 or got.steps.train_loss.dtype == np.float32
         # bfloat16 keeps 8 bits of mantissa: a batched and a lone matmul round differently there
         np.testing.assert_allclose(got.steps.train_loss, one.steps.train_loss, rtol=2e-3)
         np.testing.assert_allclose(one.steps.train_loss, plain_loop(dropout_workload(0), one.spec.lr, STEPS, "bf16"))

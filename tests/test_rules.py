@@ -145,3 +145,24 @@ def test_an_explosion_in_the_first_steps_still_diverges_at_once():
     losses = np.concatenate([[2.3, 110.4, 313.1, 403.9, 116.1, 30.5], np.full(100, 2.3)])
     verdict = judge(losses, DETECT)
     assert verdict.status is TrialStatus.DIVERGED and verdict.diverged_step == 2
+
+
+def test_an_engine_chunk_reads_the_same_levels_as_the_whole_curve():
+    from stabsweep.analysis.rules import initial_levels, levels_between
+
+    losses = np.array([[0.11, 0.52, 1.03, 0.9, 0.5, 0.4], [2.3, 110.0, 313.0, 404.0, 116.0, 30.0]])
+    whole = initial_levels(losses, 4.0)
+    for start, end in [(0, 1), (0, 6), (1, 3), (2, 6), (4, 6)]:
+        np.testing.assert_array_equal(levels_between(losses, start, end, 4.0), whole[:, start:end])
+
+
+def test_batches_above_the_bar_again_and_again_are_instability_not_a_spike():
+    """Once is a batch; twice is the training (the examples/outside workload at lr 3 reaches 6×
+    its initial loss at steps 13 and 33 and falls back each time)."""
+    losses = decline()
+    losses[150] = 5 * losses[0]
+    assert judge(losses, DETECT).spike_step == 151  # one: a spike, reported
+    losses[250] = 5 * losses[0]
+    verdict = judge(losses, DETECT)
+    assert verdict.status is TrialStatus.UNSTABLE and verdict.step == 151
+    assert "2 batches spiked above 4 × initial (at steps 151, 251)" in verdict.reason

@@ -83,6 +83,14 @@ def initial_levels(losses: np.ndarray, cap: float) -> np.ndarray:
     return np.clip(levels, first, cap * first)
 
 
+def levels_between(head: np.ndarray, start: int, end: int, cap: float) -> np.ndarray:
+    """``initial_levels(losses, cap)[..., start:end]`` from the curve's first losses alone
+    (``head``: at least ``min(end, INITIAL_BATCHES)`` of them): the level is fixed after
+    ``INITIAL_BATCHES`` steps, so an engine judging a chunk need not copy the whole history."""
+    levels = initial_levels(head[..., : min(end, INITIAL_BATCHES)], cap)
+    return levels[..., np.minimum(np.arange(start, end), levels.shape[-1] - 1)]
+
+
 def bad_loss(loss: float, initial_loss: float, factor: float) -> bool:
     """One loss as the divergence rule sees it: non-finite, or above ``factor × initial_loss``.
     Plain floats, so it costs next to nothing on the hot path."""
@@ -210,22 +218,34 @@ def judge(
         return _diverged(losses, levels, decided, detect, run_length)
     initial = float(levels[-1])
     verdict = _trained(losses, initial, detect, num_classes, run_length)
-    spike = _one_batch_spike(losses, levels, detect.divergence_factor)
-    if spike is None:
+    spikes = _one_batch_spikes(losses, levels, detect.divergence_factor)
+    if not spikes:
         return verdict
+    first, factor = spikes[0], detect.divergence_factor
+    if verdict.status is TrialStatus.OK and len(spikes) > 1:
+        # Once is a batch (the data's, maybe); again is the training: no noise the rules call
+        # noise reaches the divergence bar twice.
+        steps = ", ".join(str(step) for step in spikes[:4]) + (" …" if len(spikes) > 4 else "")
+        kind = "early" if first <= _early_window(run_length, detect) else "mid-training"
+        why = (
+            f"{kind} instability: {len(spikes)} batches spiked above {factor:g} × initial (at steps {steps}), "
+            "each falling back at once"
+        )
+        return Verdict(TrialStatus.UNSTABLE, why, early=kind == "early", step=first, spike_step=first)
     note = (
-        f"; one batch spiked at step {spike} (loss {losses[spike - 1]:.4g} > {detect.divergence_factor:g} × initial) "
+        f"; one batch spiked at step {first} (loss {losses[first - 1]:.4g} > {factor:g} × initial) "
         "and fell back: a spike, not a divergence"
     )
-    return dataclasses.replace(verdict, reason=verdict.reason + note, spike_step=spike)
+    if len(spikes) > 1:
+        note = f"; {len(spikes)} batches spiked above {factor:g} × initial, the first at step {first}"
+    return dataclasses.replace(verdict, reason=verdict.reason + note, spike_step=first)
 
 
-def _one_batch_spike(losses: np.ndarray, levels: np.ndarray, factor: float) -> int | None:
-    """The first (1-based) step whose loss jumped above ``factor`` × the initial level and fell
-    back below it before a divergence was decided (so the trial went on), or None."""
+def _one_batch_spikes(losses: np.ndarray, levels: np.ndarray, factor: float) -> list[int]:
+    """The (1-based) steps whose loss jumped above ``factor`` × the initial level and fell back
+    below it before a divergence was decided (so the trial went on)."""
     above = np.isfinite(losses) & (losses > factor * levels)
-    hits = np.flatnonzero(above)
-    return int(hits[0]) + 1 if hits.size else None
+    return [int(t) + 1 for t in np.flatnonzero(above)]
 
 
 def _trained(

@@ -76,8 +76,8 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
             found = measure()
         except Exception as exc:  # noqa: BLE001 - the user's model crashed in this check: it fails, the rest run
             found = _crash(name, exc, errors, data_fault)
-        broken = [c.name for c in checks if c.name == "finite_gradients" and c.status == rules.FAIL]
-        if broken and name in GRADIENT_CHECKS and found.status == rules.FAIL:
+        gradients_broken = any(c.name == "finite_gradients" and c.status == rules.FAIL for c in checks)
+        if gradients_broken and name in GRADIENT_CHECKS and found.status == rules.FAIL:
             found = rules.not_run(
                 name, "finite_gradients failed: the non-finite gradients make it fail", found.measured
             )

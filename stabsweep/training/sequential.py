@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn.utils import clip_grads_with_norm_
 
-from stabsweep.analysis.rules import INITIAL_BATCHES, bad_loss, divergence_step, initial_levels
+from stabsweep.analysis.rules import INITIAL_BATCHES, bad_loss, divergence_step, levels_between
 from stabsweep.errors import user_code
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
@@ -158,7 +158,7 @@ class _Trial:
         group, scaler = self.optimizer.param_groups[0], self.scaler
         lrs = self.lrs.tolist()  # Python floats once, not a numpy scalar conversion per step
         losses = self.losses
-        level = float(initial_levels(losses[: self.step], divergence_factor)[-1]) if self.step else math.nan
+        level = float(levels_between(losses, self.step - 1, self.step, divergence_factor)[0]) if self.step else math.nan
         # Every step on the CPU, where reading a loss costs less than buffering it; in chunks
         # on a GPU, where each read would stall the device.
         read_now = self.sync_every == 1
@@ -212,7 +212,7 @@ class _Trial:
                 losses[synced:done] = torch.stack(self.step_losses[synced:done]).cpu().numpy()
                 self.synced = done
                 since = max(0, synced - patience)  # a run of bad losses may have begun in the last chunk
-                levels = initial_levels(losses[:done], divergence_factor)[since:done]
+                levels = levels_between(losses[:INITIAL_BATCHES], since, done, divergence_factor)
                 diverged_at = divergence_step(losses[since:done], levels, divergence_factor, since, patience)
                 if diverged_at is not None:
                     return diverged_at

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from stabsweep.analysis.rules import divergence_steps, initial_levels
+from stabsweep.analysis.rules import INITIAL_BATCHES, divergence_steps, levels_between
 from stabsweep.errors import user_code
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.records import TrialResult, TrialSpec
@@ -335,7 +335,7 @@ class TrialBatch:
         self.losses[active, synced:done] = self.loss_buf[self.rows, synced:done].cpu().numpy()
         patience = self.detect.divergence_patience
         since = max(0, synced - patience)  # a run of bad losses may have begun in the last chunk
-        levels = initial_levels(self.losses[active, :done], self.detect.divergence_factor)[:, since:done]
+        levels = levels_between(self.losses[active, :INITIAL_BATCHES], since, done, self.detect.divergence_factor)
         diverged = divergence_steps(
             self.losses[active, since:done], levels, self.detect.divergence_factor, since, patience
         )

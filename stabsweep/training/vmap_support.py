@@ -104,8 +104,8 @@ def batchable_attention(device: Any) -> Any:
     On the CPU, ``scaled_dot_product_attention`` picks a fused kernel that has no vmap
     batching rule, so a batch runs it trial by trial. Its math formulation (matmuls and a
     softmax) gives the same values (to float rounding) and vmap batches it: the batch asks for
-    it. Measured faster in a batch on 2 CPU cores (GPT-2 and BERT, 8 rates: ``make bench``'s
-    model rows). A CUDA device keeps its own kernels.
+    it. A CUDA device keeps its own kernels (its flash and memory-efficient kernels have
+    batching rules).
     """
     if getattr(device, "type", str(device)) != "cpu":
         return nullcontext()
