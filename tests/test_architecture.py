@@ -25,7 +25,8 @@ LAYERS = [
     {"engine", "results"},  # which trials run where; the run folder
     {"report"},  # console, progress and plots
     {"procedures"},  # plan, run, store, analyse, report
-    {"cli"},  # the thin shell
+    {"api"},  # one call per command, and the result objects: the one code path
+    {"cli"},  # the thin shell over the API
     {"__init__", "__main__"},  # the public API and `python -m stabsweep`
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -48,21 +48,4 @@ def clip_report(
 ) -> None:
     """Gradient-norm report: percentiles, a clipping threshold (p90) and the share of steps it clips."""
     session = Session("clip", options)
-
-    def body() -> dict:
-        from stabsweep.errors import UserError
-        from stabsweep.procedures import clip as procedure
-        from stabsweep.results.runs import read_lr_run
-
-        if lr is not None and lr <= 0:
-            raise UserError(f"--lr {lr:g}: expected a positive learning rate")
-        if source.is_dir():
-            lr_run = read_lr_run(source)
-            ctx = session.context(lr_run.config_path, lr_run.root, saved=not sweep)  # reading a run: no torch
-        elif source.is_file():
-            lr_run, ctx = None, session.context(source)
-        else:
-            raise UserError(f"{source}: neither a run folder nor a config file")
-        return procedure.run(ctx, lr_run, trial_id=trial, lr=lr, percentile=percentile, sweep=sweep)
-
-    session.execute(body)
+    session.run("clip", session.request(source), trial=trial, lr=lr, percentile=percentile, sweep=sweep)

@@ -24,10 +24,4 @@ def doctor(
 ) -> None:
     """Sanity checks before sweeping: data, labels, loss at init, overfit one batch, gradients, dead units, layers."""
     session = Session("doctor", options)
-
-    def body() -> dict:
-        from stabsweep.procedures import doctor as procedure
-
-        return procedure.run(session.context(config), lr=lr)
-
-    session.execute(body)
+    session.run("doctor", session.request(config), lr=lr)

@@ -19,11 +19,4 @@ def find(
 ) -> None:
     """Range test: one short run with a growing rate; suggestions and a grid for `lr` (lr_sweep.lrs: auto)."""
     session = Session("find", options)
-
-    def body() -> dict:
-        from stabsweep.procedures import find as procedure
-
-        ctx = session.context(config)
-        return session.gated(ci, lambda: procedure.run(ctx))
-
-    session.execute(body)
+    session.run("find", session.request(config, ci))

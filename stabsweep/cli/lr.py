@@ -25,11 +25,4 @@ def lr(
 ) -> None:
     """Learning-rate sweep: find the best rate (lr*) and the rate where training becomes unstable."""
     session = Session("lr", options)
-
-    def body() -> dict:
-        from stabsweep.procedures import lr as procedure
-
-        ctx = session.context(config)
-        return session.gated(ci, lambda: procedure.run(ctx, early_check=early_check))
-
-    session.execute(body)
+    session.run("lr", session.request(config, ci), early_check=early_check)

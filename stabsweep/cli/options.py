@@ -26,16 +26,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from stabsweep.config.names import EngineName, ExecutorName
+from stabsweep.config.names import SEEDS_KEYS, EngineName, ExecutorName
 from stabsweep.errors import RunFailed, UserError
-
-SEEDS_KEYS = {  # the config keys --seeds sets, per command
-    "lr": ("lr_sweep.seeds",),
-    "warmup": ("warmup_sweep.seeds",),
-    "clip": ("clip_sweep.seeds",),
-    "find": ("find.seeds",),
-    "tune": ("lr_sweep.seeds", "warmup_sweep.seeds", "clip_sweep.seeds"),
-}
 
 
 @dataclasses.dataclass
@@ -91,6 +83,14 @@ class CommonOptions:
         str | None,
         typer.Option(
             "--ray-address", help="Ray cluster to join, e.g. auto or ray://head:10001 (execution.ray.address)."
+        ),
+    ] = None
+    log_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log-to",
+            metavar="TRACKER",
+            help="tensorboard or mlflow: export the run there as the command ends (repeatable).",
         ),
     ] = None
 
@@ -182,36 +182,42 @@ def command(body: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Session:
-    """A command's run: its options, and the context a procedure runs in once a config is read."""
+    """A command's run: its options, made into the Python API's request (api/commands.py, the
+    one code path), and the outcome made into output and an exit code."""
 
     def __init__(self, name: str, options: CommonOptions) -> None:
-        self.name, self.options, self.ctx = name, options, None
+        self.name, self.options, self.request_made = name, options, None
 
-    def context(
-        self, config_path: Path, default_out: Path | None = None, extra_overrides: list[str] = (), saved: bool = False
-    ) -> Any:
-        from stabsweep.config.loader import load_config, parse_overrides
-        from stabsweep.procedures.context import Context, RunOptions
-        from stabsweep.report.console import make_console
+    def request(self, config: Path | None, ci: CiOptions | None = None) -> Any:
+        """The API request for ``config`` (a path) under this command's options."""
+        from stabsweep.api.commands import Request
+        from stabsweep.config.loader import parse_overrides
+        from stabsweep.procedures.ci import CiRequest
 
         options = self.options
-        overrides = parse_overrides([*(options.set_ or []), *extra_overrides], flags=options.flag_overrides(self.name))
-        config = load_config(config_path, overrides, saved=saved)
-        run_options = RunOptions(
-            out=options.out or default_out,
+        overrides = parse_overrides(options.set_ or [], flags=options.flag_overrides(self.name))
+        self.request_made = Request(
+            config=config,
+            overrides=overrides,
+            out=options.out,
             resume=options.resume,
             force=options.force,
             quiet=options.quiet or options.json_output,
+            ci=CiRequest(ci.baseline, ci.baseline_any, ci.junit, ci.markdown) if ci else None,
+            log_to=tuple(options.log_to or ()),
+            keep_figures=False,
         )
-        self.ctx = Context(config, run_options, make_console(quiet=run_options.quiet))
-        return self.ctx
+        return self.request_made
 
-    def gated(self, ci: CiOptions, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run a gated command's procedure under its CI options (procedures/ci.py)."""
-        from stabsweep.procedures.ci import CiRequest, run_gated
+    def run(self, command: str, request: Any, **args: Any) -> None:
+        """Run ``command`` through the Python API and end with its exit code."""
 
-        request = CiRequest(ci.baseline, ci.baseline_any, ci.junit, ci.markdown)
-        return run_gated(self.ctx, self.name, run, request)
+        def body() -> dict[str, Any]:
+            from stabsweep.api.commands import run
+
+            return run(command, request, **args).summary
+
+        self.execute(body)
 
     def execute(self, body: Callable[[], dict[str, Any]]) -> None:
         """Run a command body and turn its outcome into output and an exit code."""
@@ -233,7 +239,8 @@ class Session:
             self._print_json(exc.summary)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            where = f" in {self.ctx.run_root / self.name}" if self.ctx else ""
+            ctx = self.request_made.ctx if self.request_made is not None else None
+            where = f" in {ctx.run_root / self.name}" if ctx else ""
             console.print(f"interrupted: finished trials are saved{where}; rerun with --resume to finish", markup=False)
             raise typer.Exit(130) from None
         except Exception:  # noqa: BLE001 - a bug of ours: say so, with the traceback for a report

@@ -28,11 +28,4 @@ def tune(
 ) -> None:
     """The whole procedure: lr → warmup → clip → confirm sweeps with each fix; a config to train with."""
     session = Session("tune", options)
-
-    def body() -> dict:
-        from stabsweep.procedures import tune as procedure
-
-        ctx = session.context(config)
-        return session.gated(ci, lambda: procedure.run(ctx, multiplier=multiplier))
-
-    session.execute(body)
+    session.run("tune", session.request(config, ci), multiplier=multiplier)

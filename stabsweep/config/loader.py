@@ -128,11 +128,19 @@ def load_config(
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys (name, workload, train, ...) at the top")
+    return config_from(data, str(path), overrides, saved=saved)
+
+
+def config_from(
+    data: dict[str, Any], source: str, overrides: dict[str, Any] | Overrides | None = None, *, saved: bool = False
+) -> Config:
+    """Override and validate a config read already (a file's YAML, or a mapping given to the
+    Python API); ``source`` names it in every error. Raises UserError on any problem."""
     if not isinstance(overrides, Overrides):
         overrides = _as_overrides(overrides or {})
     for key, value in overrides.items():
         _apply_override(data, key, value, overrides.origin(key))
-    return validate_config(data, source=str(path), overrides=overrides, saved=saved)
+    return validate_config(data, source=source, overrides=overrides, saved=saved)
 
 
 def _as_overrides(values: dict[str, Any]) -> Overrides:

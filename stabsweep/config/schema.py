@@ -352,11 +352,18 @@ class Config(_Strict):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     _source: str = PrivateAttr(default="<config>")
+    _factory_fn: Any = PrivateAttr(default=None)  # a factory callable the Python API was given (api/commands.py)
 
     @property
     def source(self) -> str:
         """The file this config came from; relative factory paths resolve against its folder."""
         return self._source
+
+    @property
+    def factory_fn(self) -> Any:
+        """The factory callable given to the Python API that no import path reaches (defined in
+        a notebook or a script), or None: ``workload.factory`` then names it only for the record."""
+        return self._factory_fn
 
     @field_validator("device")
     @classmethod

@@ -101,8 +101,15 @@ class Context:
         from stabsweep.workloads.factory import resolve_factory
 
         execution = self.config.execution
+        if self.config.factory_fn is not None and execution.executor != "local":
+            raise UserError(
+                f"factory={self.config.workload.factory}: a function defined in a notebook, a script run as "
+                f"__main__ or inside another function cannot be sent to the workers of executor "
+                f"'{execution.executor}' (they import the factory by name); define it in a module and pass it (or "
+                "'module:function'), or in a file ('file.py:function'), or use executor='local'"
+            )
         try:
-            factory = resolve_factory(self.config.workload, self.config.source)
+            factory = resolve_factory(self.config.workload, self.config.source, self.config.factory_fn)
             workload = factory.check(self.config.seed)
         except UserError as exc:  # name the config file, as every other config error does
             raise UserError(f"{self.config.source}: {exc.message}") from None

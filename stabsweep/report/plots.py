@@ -9,6 +9,9 @@ sweep, warmup, the stability frontier) are in ``sweep_plots.py``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,30 +29,39 @@ BEST = "black"  # lr*'s curve is drawn over the colour map, in black
 
 
 def figure(height_ratios: tuple[float, ...] = (1.0,), width: float = 7.5, height: float = 4.6) -> tuple[Figure, list]:
-    """A figure with stacked axes sharing x (one per ratio)."""
-    import matplotlib
+    """A figure with stacked axes sharing x (one per ratio). Built without pyplot: no global
+    backend is chosen or changed (a notebook's inline display keeps working) and nothing needs
+    closing; ``savefig`` renders with Agg."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        len(height_ratios),
-        1,
-        figsize=(width, height),
-        layout="constrained",
-        sharex=True,
-        gridspec_kw={"height_ratios": list(height_ratios)},
-        squeeze=False,
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(
+        len(height_ratios), 1, sharex=True, gridspec_kw={"height_ratios": list(height_ratios)}, squeeze=False
     )
     return fig, list(axes[:, 0])
 
 
-def save(fig: Figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+_kept: ContextVar[dict[str, Figure] | None] = ContextVar("kept_figures", default=None)
 
+
+@contextmanager
+def keep_figures() -> Iterator[dict[str, Figure]]:
+    """Inside, every figure saved is also kept, by the path it was saved to: the Python API
+    hands a run's figures back as objects (api/results.py)."""
+    kept: dict[str, Figure] = {}
+    token = _kept.set(kept)
+    try:
+        yield kept
+    finally:
+        _kept.reset(token)
+
+
+def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    kept = _kept.get()
+    if kept is not None:
+        kept[str(path)] = fig
     return path
 
 

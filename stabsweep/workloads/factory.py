@@ -47,8 +47,11 @@ class WorkloadFactory:
     key: str = "workload.factory"  # the config key named in errors
     start_folder: str | None = None  # where a module path resolves from: the cwd when the config was read
     eval_batches: int | None = None  # evaluate on the first this many eval batches only (the range test)
+    fn: Callable[..., Any] | None = None  # a callable given to the Python API that no import path reaches
 
     def function(self) -> Callable[..., Any]:
+        if self.fn is not None:
+            return self.fn
         return _load(self.target, self.key, self.start_folder)
 
     def __call__(self, seed: int) -> Workload:
@@ -108,8 +111,14 @@ class FirstBatches:
         return itertools.islice(iter(self.data), self.count)
 
 
-def resolve_factory(workload: Any, config_source: str | None = None) -> WorkloadFactory:
-    """The factory a ``WorkloadConfig`` names; relative file paths resolve against the config's folder."""
+def resolve_factory(
+    workload: Any, config_source: str | None = None, fn: Callable[..., Any] | None = None
+) -> WorkloadFactory:
+    """The factory a ``WorkloadConfig`` names; relative file paths resolve against the config's
+    folder. ``fn``: the callable the Python API was given, when no import path reaches it (one
+    defined in a notebook or script); ``workload.factory`` then only names it."""
+    if fn is not None:
+        return WorkloadFactory(workload.factory, dict(workload.args), workload.batch_size, key="factory", fn=fn)
     if workload.name is not None:
         return WorkloadFactory(
             BUILTIN_WORKLOADS[workload.name], dict(workload.args), workload.batch_size, key="workload.name"
@@ -129,6 +138,19 @@ def resolve_factory(workload: Any, config_source: str | None = None) -> Workload
         target = str(found.resolve())
         return WorkloadFactory(f"{target}:{fn_name}", dict(workload.args), workload.batch_size)
     return WorkloadFactory(workload.factory, dict(workload.args), workload.batch_size, start_folder=str(Path.cwd()))
+
+
+def name_of_callable(fn: Callable[..., Any]) -> tuple[str, bool]:
+    """``("module:qualname", importable)`` for a factory given as a callable. ``importable``: a
+    worker process can import it by that name (a module-level function of a module other than
+    ``__main__``, found under its name); otherwise it exists only in this process."""
+    module = getattr(fn, "__module__", None) or "__main__"
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    name = f"{module}:{qualname}"
+    if module == "__main__" or "<" in qualname or "." in qualname:
+        return name, False
+    found = getattr(sys.modules.get(module), qualname, None)
+    return name, found is fn
 
 
 def factory_seen_from(workload: Any, config_source: str | None, folder: Path) -> str | None:
