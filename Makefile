@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 # What running a sweep needs (all the demo installs), and what the tests need on top of it
-# (pytest, ruff, hypothesis, Ray, and transformers for the real-library models).
+# (pytest, ruff, hypothesis, Ray, transformers for the real-library models, and the trackers export writes to).
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
@@ -23,7 +23,7 @@ $(RUNTIME): pyproject.toml
 	touch $@
 
 $(DEV): $(RUNTIME)
-	$(PY) -m pip install --quiet -e ".[dev,models]"
+	$(PY) -m pip install --quiet -e ".[dev,models,tensorboard,mlflow]"
 	touch $@
 
 setup: $(DEV)

@@ -297,7 +297,7 @@ def export(run: PathLike | Result, to: str, output: PathLike | None = None) -> d
     under ``output``, default RUN/tensorboard) or "mlflow" (``MLFLOW_TRACKING_URI``, else a
     local store RUN/mlflow.db). Returns what was written: ``{"tracker", "where", "stages",
     "trials", "message"}``. Raises UserError for a missing extra or a folder with no stage."""
-    from stabsweep.api.export import export_run
+    from stabsweep.api.tracking import export_run
 
     folder = run.folder if isinstance(run, Result) else Path(run)
     return export_run(folder, to, output=Path(output) if output is not None else None)

@@ -347,7 +347,7 @@ def _log_to(request: Request, command: str, since: float) -> None:
     """``--log-to``: export what this command wrote (the stages whose summary is new) to each tracker."""
     if not request.log_to or request.ctx is None:
         return
-    from stabsweep.api.export import export_run
+    from stabsweep.api.tracking import export_run
 
     root = request.ctx.run_root
     names = STAGES_WRITTEN.get(command, (command,))
