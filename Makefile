@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: setup demo test lint format bench smoke smoke-baseline report-screenshot clean
+.PHONY: setup demo test lint format bench smoke smoke-baseline report-screenshot tensorboard-screenshot clean
 
 $(RUNTIME): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -43,6 +43,14 @@ smoke-baseline: $(RUNTIME)  ## accept the smoke sweep's current findings as the 
 report-screenshot:  ## the README's report screenshot (needs Chromium), from `make demo`'s run
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,1500 \
 		--screenshot=docs/images/report.png runs/digits-mlp/report.html
+
+tensorboard-screenshot: $(DEV)  ## the README's TensorBoard HParams picture (needs Chromium), from `make demo`'s run
+	$(PY) -m stabsweep export runs/digits-mlp --to tensorboard
+	$(VENV)/bin/tensorboard --logdir runs/digits-mlp/tensorboard/tune --host 127.0.0.1 --port 6123 \
+		>/dev/null 2>&1 & pid=$$!; sleep 10; \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,900 \
+		--virtual-time-budget=15000 --screenshot=docs/images/tensorboard_hparams.png \
+		"http://127.0.0.1:6123/#hparams"; status=$$?; kill $$pid; exit $$status
 
 test: $(DEV) lint  ## the whole suite, end-to-end runs included
 	$(PY) -m pytest -q

@@ -48,4 +48,4 @@ def clip_report(
 ) -> None:
     """Gradient-norm report: percentiles, a clipping threshold (p90) and the share of steps it clips."""
     session = Session("clip", options)
-    session.run("clip", session.request(source), trial=trial, lr=lr, percentile=percentile, sweep=sweep)
+    session.run("clip", source, trial=trial, lr=lr, percentile=percentile, sweep=sweep)

@@ -24,4 +24,4 @@ def doctor(
 ) -> None:
     """Sanity checks before sweeping: data, labels, loss at init, overfit one batch, gradients, dead units, layers."""
     session = Session("doctor", options)
-    session.run("doctor", session.request(config), lr=lr)
+    session.run("doctor", config, lr=lr)

@@ -19,4 +19,4 @@ def find(
 ) -> None:
     """Range test: one short run with a growing rate; suggestions and a grid for `lr` (lr_sweep.lrs: auto)."""
     session = Session("find", options)
-    session.run("find", session.request(config, ci))
+    session.run("find", config, ci)

@@ -25,4 +25,4 @@ def lr(
 ) -> None:
     """Learning-rate sweep: find the best rate (lr*) and the rate where training becomes unstable."""
     session = Session("lr", options)
-    session.run("lr", session.request(config, ci), early_check=early_check)
+    session.run("lr", config, ci, early_check=early_check)

@@ -209,13 +209,13 @@ class Session:
         )
         return self.request_made
 
-    def run(self, command: str, request: Any, **args: Any) -> None:
-        """Run ``command`` through the Python API and end with its exit code."""
+    def run(self, command: str, config: Path | None, ci: CiOptions | None = None, **args: Any) -> None:
+        """Run ``command`` on ``config`` through the Python API and end with its exit code."""
 
         def body() -> dict[str, Any]:
             from stabsweep.api.commands import run
 
-            return run(command, request, **args).summary
+            return run(command, self.request(config, ci), **args).summary
 
         self.execute(body)
 

@@ -28,4 +28,4 @@ def tune(
 ) -> None:
     """The whole procedure: lr → warmup → clip → confirm sweeps with each fix; a config to train with."""
     session = Session("tune", options)
-    session.run("tune", session.request(config, ci), multiplier=multiplier)
+    session.run("tune", config, ci, multiplier=multiplier)

@@ -36,4 +36,4 @@ def warmup(
 ) -> None:
     """Warmup sweep: the shortest linear warmup that lets 10× the unstable rate train stably."""
     session = Session("warmup", options)
-    session.run("warmup", session.request(config), from_run=from_run, unstable_lr=unstable_lr, multiplier=multiplier)
+    session.run("warmup", config, from_run=from_run, unstable_lr=unstable_lr, multiplier=multiplier)
