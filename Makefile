@@ -48,7 +48,7 @@ tensorboard-screenshot: $(DEV)  ## the README's TensorBoard HParams picture (nee
 	$(PY) -m stabsweep export runs/digits-mlp --to tensorboard
 	$(VENV)/bin/tensorboard --logdir runs/digits-mlp/tensorboard/tune --host 127.0.0.1 --port 6123 \
 		>/dev/null 2>&1 & pid=$$!; sleep 10; \
-	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,900 \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1900,1000 \
 		--virtual-time-budget=15000 --screenshot=docs/images/tensorboard_hparams.png \
 		"http://127.0.0.1:6123/#hparams"; status=$$?; kill $$pid; exit $$status
 

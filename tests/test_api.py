@@ -207,3 +207,21 @@ def test_open_run_of_a_folder_without_a_run_is_a_user_error(tmp_path):
         stabsweep.open_run(tmp_path)
     with pytest.raises(stabsweep.UserError, match="run folder not found"):
         stabsweep.open_run(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_the_notebook_example_runs_as_written(tmp_path, monkeypatch):
+    """examples/notebook.py, as a user runs it, on the smoke config instead of the quickstart's
+    (seconds, not a minute) and writing into a scratch folder."""
+    source = (ROOT / "examples" / "notebook.py").read_text()
+    assert 'stabsweep.tune("configs/quickstart.yaml", factory=build' in source  # what the README shows
+    source = source.replace("configs/quickstart.yaml", str(CONFIGS / "smoke.yaml"))
+    source = source.replace("docs/images/notebook_frontier.png", str(tmp_path / "frontier.png"))
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, "examples/notebook.py", "exec"), namespace)
+    result = namespace["result"]
+    assert isinstance(result, stabsweep.TuneResult) and result.chosen in {"none", "warmup", "clip", "both"}
+    assert result.folder.resolve() == tmp_path / "runs" / "notebook" / "tune"
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert set(result.stages) == {"lr", "warmup", "clip"}
