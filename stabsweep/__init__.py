@@ -8,6 +8,7 @@ object; ``stabsweep.open_run(path)`` reads a finished run. A workload is a :clas
 
 from stabsweep.api import (
     ClipResult,
+    CurvatureResult,
     DoctorResult,
     FindResult,
     LrResult,
@@ -16,6 +17,7 @@ from stabsweep.api import (
     TuneResult,
     WarmupResult,
     clip_report,
+    curvature,
     doctor,
     export,
     find,
@@ -31,6 +33,7 @@ from stabsweep.workloads.base import TensorBatches, Workload
 
 __all__ = [
     "ClipResult",
+    "CurvatureResult",
     "DoctorResult",
     "FindResult",
     "LrResult",
@@ -44,6 +47,7 @@ __all__ = [
     "Workload",
     "__version__",
     "clip_report",
+    "curvature",
     "doctor",
     "export",
     "find",

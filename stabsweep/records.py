@@ -90,6 +90,8 @@ class TrialJob:
     checkpoint_every: float = 0.0  # seconds between saves; 0: never
     log_layers_every: int = 0  # per-layer norms every this many steps (layers.csv); 0: never
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the forward (fp16 with a gradient scaler)
+    sharpness_every: int = 0  # the top Hessian eigenvalue every this many steps (sharpness.csv); 0: never
+    sharpness_iterations: int = 20  # power iterations per measurement (warm-started)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,9 @@ class TrialResult:
     looped_ops: tuple[str, ...] = ()  # ops its batch ran trial by trial: vmap has no batching rule for them
     notes: tuple[str, ...] = ()  # side features that were switched off for this trial, and why
     skipped_steps: int | None = None  # fp16: steps the gradient scaler skipped (inf or NaN gradients)
+    # (step, sharpness, residual) per measurement, step 0-based: the weights before update step + 1
+    # (training/curvature.py); sharpness of P⁻¹H for an adaptive optimizer; None when not logged
+    sharpness: tuple[tuple[int, float, float], ...] | None = None
 
     @property
     def clipped_fraction(self) -> float | None:

@@ -31,6 +31,7 @@ from typing import Any
 from stabsweep.api import commands
 from stabsweep.api.results import (
     ClipResult,
+    CurvatureResult,
     DoctorResult,
     FindResult,
     LrResult,
@@ -46,6 +47,7 @@ Factory = Callable[..., Any] | str | None
 
 __all__ = [
     "ClipResult",
+    "CurvatureResult",
     "DoctorResult",
     "FindResult",
     "LrResult",
@@ -54,6 +56,7 @@ __all__ = [
     "TuneResult",
     "WarmupResult",
     "clip_report",
+    "curvature",
     "doctor",
     "export",
     "find",
@@ -179,6 +182,44 @@ def doctor(
         overrides=overrides,
     )
     return commands.run("doctor", request, lr=lr)
+
+
+def curvature(
+    config: Any,
+    *,
+    factory: Factory = None,
+    lr: float | None = None,
+    out: PathLike | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+    log_to: str | Sequence[str] | None = None,
+    **overrides: Any,
+) -> CurvatureResult:
+    """The curvature probe (``stabsweep curvature``; docs/contract.md, "curvature"): the top
+    Hessian eigenvalue at initialisation against the optimizer's stability threshold, and the
+    rate it implies beside an lr run's edge in ``out``. ``lr``: also say where that rate sits.
+    Returns a :class:`CurvatureResult` (``sharpness``, ``residual``, ``predicted_edge``,
+    ``edge_ratio``)."""
+    request = commands.request(
+        "curvature",
+        config,
+        factory,
+        out=out,
+        seeds=None,
+        device=device,
+        engine=None,
+        executor=None,
+        workers=None,
+        ray_address=None,
+        resume=resume,
+        force=force,
+        quiet=quiet,
+        log_to=log_to,
+        overrides=overrides,
+    )
+    return commands.run("curvature", request, lr=lr)
 
 
 def warmup(

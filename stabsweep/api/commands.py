@@ -255,6 +255,12 @@ def _doctor(request: Request, lr: float | None = None) -> dict[str, Any]:
     return doctor.run(context(request, "doctor", load(request)), lr=lr)
 
 
+def _curvature(request: Request, lr: float | None = None) -> dict[str, Any]:
+    from stabsweep.procedures import curvature
+
+    return curvature.run(context(request, "curvature", load(request)), lr=lr)
+
+
 def _warmup(
     request: Request,
     from_run: Path | None = None,
@@ -332,6 +338,7 @@ _COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "find": _find,
     "tune": _tune,
     "doctor": _doctor,
+    "curvature": _curvature,
     "warmup": _warmup,
     "clip": _clip,
 }

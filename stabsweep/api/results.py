@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-STAGES = ("doctor", "find", "lr", "warmup", "clip", "tune")  # the playbook's order (report/html.py's)
+STAGES = ("doctor", "find", "lr", "curvature", "warmup", "clip", "tune")  # the playbook's order (report/html.py's)
 
 
 class Result:
@@ -276,8 +276,38 @@ class TuneResult(Result):
         return {name: read_command(root / name) for name in ("lr", "warmup", "clip") if _has_summary(root / name)}
 
 
+class CurvatureResult(Result):
+    """``stabsweep curvature``: ``sharpness`` (λ₀, the top Hessian eigenvalue at initialisation;
+    of P⁻¹H when ``preconditioned``), ``residual`` (‖Hv − λv‖/|λ|), ``predicted_edge`` (the
+    optimizer's threshold / λ₀, a learning rate), ``edge_ratio`` (the lr run's unstable rate
+    over it). docs/contract.md, "curvature"."""
+
+    command = "curvature"
+
+    @property
+    def sharpness(self) -> float | None:
+        return self.summary.get("sharpness")
+
+    @property
+    def preconditioned(self) -> bool:
+        return bool(self.summary.get("preconditioned"))
+
+    @property
+    def residual(self) -> float | None:
+        return self.summary.get("residual")
+
+    @property
+    def predicted_edge(self) -> float | None:
+        return self.summary.get("predicted_edge")
+
+    @property
+    def edge_ratio(self) -> float | None:
+        return self.summary.get("edge_ratio")
+
+
 RESULTS: dict[str, type[Result]] = {
-    cls.command: cls for cls in (LrResult, FindResult, WarmupResult, ClipResult, DoctorResult, TuneResult)
+    cls.command: cls
+    for cls in (LrResult, FindResult, WarmupResult, ClipResult, DoctorResult, TuneResult, CurvatureResult)
 }
 
 

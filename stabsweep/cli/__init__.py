@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli import clip, doctor, export, find, lr, report, tune, warmup
+from stabsweep.cli import clip, curvature, doctor, export, find, lr, report, tune, warmup
 from stabsweep.cli.options import Command, Group
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ def _main(
 app.command("doctor", cls=Command)(doctor.doctor)
 app.command("find", cls=Command)(find.find)
 app.command("lr", cls=Command)(lr.lr)
+app.command("curvature", cls=Command)(curvature.curvature)
 app.command("warmup", cls=Command)(warmup.warmup)
 app.command("clip-report", cls=Command)(clip.clip_report)
 app.command("tune", cls=Command)(tune.tune)

@@ -127,6 +127,7 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward; fp16 adds a gradient scaler
     log_layers: bool = False  # per-layer gradient norm, weight norm and update ratio in layers.csv
     log_layers_every: Int = Field(10, ge=1, le=MAX_STEPS)  # ... every this many steps
+    log_sharpness_every: Int = Field(0, ge=0, le=MAX_STEPS)  # the Hessian's top eigenvalue every N steps; 0: never
 
     @field_validator("optimizer", "schedule", mode="before")
     @classmethod
@@ -325,6 +326,15 @@ class RayConfig(_Strict):
     trials_per_task: Int | None = Field(None, ge=1, le=MAX_COUNT)  # default: split over the cluster's free slots
 
 
+class CurvatureConfig(_Strict):
+    """The curvature probe (stabsweep curvature) and sharpness along training (train.log_sharpness_every)."""
+
+    batches: Int = Field(4, ge=1, le=10_000)  # training batches whose mean loss's Hessian the probe measures
+    tol: Float = Field(1e-3, gt=0, lt=1)  # the probe's relative tolerance (scipy eigsh)
+    max_matvecs: Int = Field(300, ge=10, le=100_000)  # Hessian-vector products the probe may spend
+    iterations: Int = Field(20, ge=1, le=10_000)  # power iterations per measurement along training
+
+
 class ExecutionConfig(_Strict):
     """How trials run; never part of what a result means, so --resume may change it."""
 
@@ -350,6 +360,7 @@ class Config(_Strict):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    curvature: CurvatureConfig = Field(default_factory=CurvatureConfig)
 
     _source: str = PrivateAttr(default="<config>")
     _factory_fn: Any = PrivateAttr(default=None)  # a factory callable the Python API was given (api/commands.py)

@@ -94,6 +94,7 @@ def _one_at_a_time(
             progress,
             job.log_layers_every,
             job.precision,
+            (job.sharpness_every, job.sharpness_iterations),
         )
         yield dataclasses.replace(result, fallback=fallback) if fallback else result
 
@@ -125,7 +126,15 @@ def _vectorized(
     try:
         checkpointer = Checkpointer(job.checkpoint_dir, job.checkpoint_every, batch)
         trials = TrialBatch(
-            batch, job.factory, job.optimizer, job.detect, device, checkpointer, job.log_layers_every, job.precision
+            batch,
+            job.factory,
+            job.optimizer,
+            job.detect,
+            device,
+            checkpointer,
+            job.log_layers_every,
+            job.precision,
+            (job.sharpness_every, job.sharpness_iterations),
         )
         for result in trials.run(resume, progress):
             finished.add(result.spec.trial_id)

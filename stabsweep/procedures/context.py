@@ -136,6 +136,8 @@ class Context:
             max_batch=execution.max_batch,
             log_layers_every=self.config.train.log_layers_every if self.config.train.log_layers else 0,
             precision=self.config.train.precision,
+            sharpness_every=self.config.train.log_sharpness_every,
+            sharpness_iterations=self.config.curvature.iterations,
         )
 
     def store(self, command: str) -> ResultsStore:

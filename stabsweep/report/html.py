@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-ORDER = ("doctor", "find", "lr", "warmup", "clip", "tune")  # the playbook's order
+ORDER = ("doctor", "find", "lr", "curvature", "warmup", "clip", "tune")  # the playbook's order
 TITLES = {
     "doctor": "doctor: is the model correct?",
     "find": "find: the learning-rate range test",
     "lr": "lr: the learning-rate sweep",
+    "curvature": "curvature: sharpness against the optimizer's stability threshold",
     "warmup": "warmup: the shortest warmup at a higher rate",
     "clip": "clip-report: gradient norms and clipping",
     "tune": "tune: the stability frontier",

@@ -22,7 +22,7 @@ from stabsweep.records import TrialStatus
 if TYPE_CHECKING:
     import pandas as pd
 
-ORDER = ("doctor", "find", "lr", "warmup", "clip", "tune")  # the playbook's order (report/html.py's)
+ORDER = ("doctor", "find", "lr", "curvature", "warmup", "clip", "tune")  # the playbook's order (report/html.py's)
 EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}  # tracker: (module, extra)
 # A trial's status as a number, for the trackers' metric columns (an HParams metric must be one):
 # TrialStatus's order, ok 0, unstable 1, diverged 2, learned_nothing 3, failed 4.

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from stabsweep.records import TrialResult, TrialSpec
 
 TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
-OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, "summary.json", "config.yaml")
+SHARPNESS = "sharpness.csv"
+OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS, "summary.json", "config.yaml")
 _STATUSES = ", ".join(s.value for s in TrialStatus)
 
 
@@ -39,6 +40,7 @@ class ResultsStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.threshold: Any = None  # analysis.curvature.Threshold of the run's optimizer: sharpness.csv's bound
         self.ran: dict[int, dict[str, Any]] = {}  # trial id -> its trials.csv row, for every finished trial
 
     @classmethod
@@ -61,6 +63,9 @@ class ResultsStore:
             store.check_same_config(config)
             store.drop_unfinished()
         store.write_config(config)
+        from stabsweep.analysis.curvature import threshold
+
+        store.threshold = threshold(config.train.optimizer.name, config.train.optimizer.kwargs)
         return store
 
     @property
@@ -106,6 +111,8 @@ class ResultsStore:
             self._append(EVALS, pd.DataFrame([{"trial_id": result.spec.trial_id, **e} for e in result.evals]))
         if result.layers is not None and len(result.layers.steps):
             self._append(LAYERS, layer_rows(result.spec.trial_id, result.layers))
+        if result.sharpness:
+            self._append(SHARPNESS, sharpness_rows(result, self.threshold))
         self._append(TRIALS, pd.DataFrame([result.row()]))
         self.ran[result.spec.trial_id] = result.row()
 
@@ -119,7 +126,9 @@ class ResultsStore:
         evals = evals.sort_values(["trial_id", "step"], kind="stable") if len(evals) else evals
         layers = self.read(LAYERS)
         layers = layers.sort_values(["trial_id", "step"], kind="stable") if len(layers) else layers
-        for name, frame in ((TRIALS, trials), (STEPS, steps), (EVALS, evals), (LAYERS, layers)):
+        sharpness = self.read(SHARPNESS)
+        sharpness = sharpness.sort_values(["trial_id", "step"], kind="stable") if len(sharpness) else sharpness
+        for name, frame in ((TRIALS, trials), (STEPS, steps), (EVALS, evals), (LAYERS, layers), (SHARPNESS, sharpness)):
             if len(frame.columns):
                 frame.to_csv(self.folder / name, index=False)
         return trials.reset_index(drop=True), steps.reset_index(drop=True), evals.reset_index(drop=True)
@@ -173,7 +182,7 @@ class ResultsStore:
     def forget(self, trial_ids: set[int]) -> None:
         """Remove these trials' rows from every file: a result that no longer belongs to the plan
         (the early check of an lr* that more seeds moved)."""
-        for name in (TRIALS, STEPS, EVALS, LAYERS):
+        for name in (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS):
             frame = self.read(name)
             if len(frame):
                 frame[~frame["trial_id"].isin(trial_ids)].to_csv(self.folder / name, index=False)
@@ -188,7 +197,7 @@ class ResultsStore:
             trials.to_csv(self.folder / TRIALS, index=False)
             self.ran = {int(row["trial_id"]): row for row in trials.to_dict("records")}
         done = self.completed
-        for name in (STEPS, EVALS, LAYERS):
+        for name in (STEPS, EVALS, LAYERS, SHARPNESS):
             frame = self.read(name)
             if len(frame):
                 frame[frame["trial_id"].isin(done)].to_csv(self.folder / name, index=False)
@@ -222,6 +231,29 @@ def layer_rows(trial_id: int, log: Any) -> pd.DataFrame:
             "grad_norm": np.asarray(log.grad_norm).reshape(-1),
             "weight_norm": np.asarray(log.weight_norm).reshape(-1),
             "update_ratio": np.asarray(log.update_ratio).reshape(-1),
+        }
+    )
+
+
+def sharpness_rows(result: TrialResult, threshold: Any) -> pd.DataFrame:
+    """sharpness.csv rows of one trial: one per measurement, with the optimizer's bound at the
+    rate of that step and λ over it (above 1: beyond the edge of stability)."""
+    import numpy as np
+    import pandas as pd
+
+    steps, values, residuals = (np.asarray(column) for column in zip(*result.sharpness, strict=True))
+    lrs = np.asarray(result.steps.lr)[np.minimum(steps, len(result.steps.lr) - 1)] if result.steps else np.nan
+    bound = threshold.constant / lrs if threshold is not None else np.full(len(steps), np.nan)
+    return pd.DataFrame(
+        {
+            "trial_id": result.spec.trial_id,
+            "step": steps,
+            "lr": lrs,
+            "sharpness": values,
+            "residual": residuals,
+            "threshold": bound,
+            "ratio": values / bound,
+            "preconditioned": bool(threshold.preconditioned) if threshold is not None else False,
         }
     )
 

@@ -50,6 +50,7 @@ from stabsweep.training.common import (
     trial_failure,
     trial_result,
 )
+from stabsweep.training.curvature import SharpnessLog
 from stabsweep.training.gradients import FlatGrads
 from stabsweep.training.layers import TrialLayers
 from stabsweep.workloads.base import Workload
@@ -66,6 +67,7 @@ def train_trial(
     progress: Progress | None = None,
     layers_every: int = 0,
     precision: str = "fp32",
+    sharpness: tuple[int, int] = (0, 20),
 ) -> TrialResult:
     """Run one trial (from ``resume``, a checkpoint's state, when given). What the user's code
     raises (errors.user_code), or running out of memory, is a FAILED result with the steps it
@@ -74,7 +76,9 @@ def train_trial(
     trial = None
     try:
         checkpointer = Checkpointer(*checkpoints, [spec])
-        trial = _Trial(spec, factory(spec.seed), optimizer, detect, device, checkpointer, layers_every, precision)
+        trial = _Trial(
+            spec, factory(spec.seed), optimizer, detect, device, checkpointer, layers_every, precision, sharpness
+        )
         return trial.run(start, resume, progress)
     except Exception as exc:
         if not trial_failure(exc):
@@ -93,6 +97,7 @@ class _Trial:
         checkpointer: Checkpointer,
         layers_every: int = 0,
         precision: str = "fp32",
+        sharpness: tuple[int, int] = (0, 20),
     ) -> None:
         self.spec, self.workload, self.detect, self.device = spec, workload, detect, device
         self.precision, self.scaler = precision, grad_scaler(device, precision)
@@ -104,6 +109,7 @@ class _Trial:
         self.lrs = lr_schedule(spec)
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, self.params, float(self.lrs[0]))
         self.clipper = build_clipper([spec.clip], device)
+        self.sharpness = SharpnessLog(*sharpness, optimizer, 1, batched=False)  # (every, iterations)
         self.eval_terms = EvalTerms(workload)
         self.data_on_device = place_data(workload.train_data, device)
         self.eval_on_device = place_data(workload.eval_data, device)
@@ -147,7 +153,11 @@ class _Trial:
         )
         self.checkpointer.discard()
         layers = self.layers.log(steps_run) if self.layers.every else None
-        return dataclasses.replace(result, notes=self._notes(), layers=layers)
+        return dataclasses.replace(result, notes=self._notes(), layers=layers, sharpness=self.sharpness.log(0))
+
+    def _optimizer_states(self) -> list[dict[str, Any]]:
+        """Each parameter's optimizer state (empty before the first step): the preconditioner's source."""
+        return [self.optimizer.state.get(p, {}) for p in self.params]
 
     def _train(self, grads: FlatGrads, progress: Progress | None) -> int | None:
         """Train to the last step; the step the trial diverged at, or None."""
@@ -170,6 +180,8 @@ class _Trial:
                 batch = to_device(batch, device)
             with autocast(device, self.precision):
                 loss = training_loss(self.workload, self.model, batch)
+            if self.sharpness.due(step):
+                self.sharpness.measure(step, loss.reshape(1), self.params, [0], self._optimizer_states)
             grads.zero()
             with user_code():  # the backward of the user's graph (a custom autograd.Function's, say)
                 (loss if scaler is None else scaler.scale(loss)).backward()
@@ -247,7 +259,8 @@ class _Trial:
         return steps, step_log(self.lrs, losses, norms[:steps], thresholds[:steps]), self.evals
 
     def _notes(self) -> tuple[str, ...]:
-        return (*self.eval_terms.notes, *([self.checkpointer.note] if self.checkpointer.note else []))
+        sharpness = [self.sharpness.note] if self.sharpness.note else []
+        return (*self.eval_terms.notes, *([self.checkpointer.note] if self.checkpointer.note else []), *sharpness)
 
     def _state(self) -> dict[str, Any]:
         """Everything the loop needs to go on exactly where it is (see training/checkpoint.py)."""
@@ -265,11 +278,13 @@ class _Trial:
             "evals": list(self.evals),
             "eval_terms": self.eval_terms.state_dict(),
             "layers": self.layers.state(),
+            "sharpness": self.sharpness.records,
             "data": self.stream.state(),
             "rng": rng_state(self.device),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        self.sharpness.records = state.get("sharpness", self.sharpness.records)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.clipper is not None:

@@ -64,6 +64,7 @@ from stabsweep.training.common import (
     training_loss,
     trial_result,
 )
+from stabsweep.training.curvature import SharpnessLog
 from stabsweep.training.layers import BatchLayers
 from stabsweep.training.seeds import SeedGroups
 from stabsweep.training.vmap_support import (
@@ -90,6 +91,7 @@ class TrialBatch:
         checkpointer: Checkpointer | None = None,
         layers_every: int = 0,
         precision: str = "fp32",
+        sharpness: tuple[int, int] = (0, 20),
     ) -> None:
         specs = sorted(specs, key=lambda spec: spec.seed)  # each seed's rows contiguous (training/seeds.py)
         self.precision = precision
@@ -125,6 +127,7 @@ class TrialBatch:
         self.row_shared = {name: value.detach() for name, value in fixed.items() if not same[name]}
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
+        self.sharpness = SharpnessLog(*sharpness, optimizer, count)  # (every, iterations)
         self.lr_tables = [lr_schedule(s) for s in specs]
         self.max_steps = max(s.steps for s in specs)
         padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in self.lr_tables])
@@ -289,6 +292,8 @@ class TrialBatch:
                 autocast(self.device, self.precision),
             ):
                 loss = self._losses()  # [active trial]
+                if self.sharpness.due(step):
+                    self.sharpness.measure(step, loss, list(self.params.values()), self.active, self._optimizer_states)
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
                 view.copy_(grad)
@@ -371,6 +376,7 @@ class TrialBatch:
         self.seeds.keep(mask)
         if self.clipper is not None:
             self.clipper.keep(index)
+        self.sharpness.power.keep(index)
         self.active, self.rows = self.active[mask], self.rows[index]
 
     def _record_evals(self, step: int, active: np.ndarray, due: np.ndarray | None = None) -> None:
@@ -412,10 +418,41 @@ class TrialBatch:
             self.evals[trial],
         )
         notes = (*self.eval_terms.notes, *([self.checkpointer.note] if self.checkpointer.note else []))
+        notes += (self.sharpness.note,) if self.sharpness.note else ()
         layers = self.layers.log(trial, steps_run) if self.layers.every else None
         return dataclasses.replace(
-            result, engine="vectorized", looped_ops=tuple(sorted(self.looped_ops)), notes=tuple(notes), layers=layers
+            result,
+            engine="vectorized",
+            looped_ops=tuple(sorted(self.looped_ops)),
+            notes=tuple(notes),
+            layers=layers,
+            sharpness=self.sharpness.log(trial),
         )
+
+    def _optimizer_states(self) -> list[dict[str, Any]]:
+        """Each parameter's view [trial, *shape] of the rows' optimizer state (the preconditioner's
+        source); empty before the first step."""
+        state = self.optimizer.state.get(self.flat, {})
+        views: list[dict[str, Any]] = [{} for _ in self.params]
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == self.flat.shape:
+                for view, tensor in zip(views, self._param_views(value), strict=True):
+                    view[key] = tensor
+            else:
+                for view in views:
+                    view[key] = value
+        return views
+
+    def _param_views(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views [trial, *shape] of a tensor laid out as the rows (see _split_flat)."""
+        views, start = [], 0
+        for name, shape in self.shapes.items():
+            end = start + math.prod(shape)
+            order = self.orders[name]
+            back = (0, *(1 + order.index(d) for d in range(len(shape))))
+            views.append(rows[:, start:end].reshape(-1, *[shape[d] for d in order]).permute(back))
+            start = end
+        return views
 
     def records(self, spec: TrialSpec) -> tuple[int, Any, list[dict[str, float]]]:
         """The steps a trial ran so far, its records and its evals: what it reports when the
@@ -452,6 +489,7 @@ class TrialBatch:
             "looped_ops": sorted(self.looped_ops),
             "row_shared": self.row_shared,
             "layers": self.layers.state(),
+            "sharpness": self.sharpness.records,
             "seeds": self.seeds.state(),
             "rng": rng_state(self.device),
         }
@@ -479,5 +517,6 @@ class TrialBatch:
         self.looped_ops.update(state["looped_ops"])
         self.row_shared = {name: value.to(device) for name, value in state["row_shared"].items()}
         self.layers.restore(state["layers"], device)
+        self.sharpness.records = state.get("sharpness", self.sharpness.records)
         self.seeds.restore(state["seeds"])
         set_rng_state(state["rng"], device)

@@ -1,0 +1,171 @@
+"""``stabsweep curvature``: the sharpness at initialisation against the optimizer's threshold.
+
+Measure λ₀, the top eigenvalue of the Hessian of the mean training loss over the first
+``curvature.batches`` batches at the initial weights (``training/curvature.py``: Lanczos by
+scipy's eigsh over forward-over-reverse HVPs), for an adaptive optimizer that of P⁻¹H with
+P its steady-state preconditioner at those weights, √(mean g²) + ε over the batches; then the
+rate it implies, threshold / λ₀ (``analysis/curvature.py``), beside the edge an lr run in the
+same folder found, and what the gap means. Cost: a few seconds; printed against the lr
+sweep's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any
+
+import torch
+
+from stabsweep.analysis.curvature import compare, threshold
+from stabsweep.errors import UserError
+from stabsweep.procedures.context import Context
+from stabsweep.training.common import DataStream, to_device
+
+COMMAND = "curvature"
+
+
+def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
+    from stabsweep.training.curvature import ModelHessian, adam_preconditioner, lanczos_top
+
+    config, probe = ctx.config, ctx.config.curvature
+    if lr is not None and lr <= 0:
+        raise UserError(f"--lr {lr:g}: expected a positive learning rate")
+    job = ctx.job()
+    device = torch.device(job.device)
+    store = ctx.store(COMMAND)
+    bound = threshold(config.train.optimizer.name, config.train.optimizer.kwargs)
+    started = time.perf_counter()
+    workload = job.factory(config.seed)
+    workload.model.to(device)
+    stream = DataStream(workload.train_data, device)
+    batches = [to_device(next(stream), device) for _ in range(probe.batches)]
+    hessian = ModelHessian(workload, batches, seed=config.seed)
+    if bound is not None and bound.preconditioned:
+        squares = torch.stack([ModelHessian(workload, [b], seed=config.seed).gradient().square() for b in batches])
+        name, kwargs = config.train.optimizer.name, config.train.optimizer.kwargs
+        state = {"exp_avg_sq": squares.mean(0), "square_avg": squares.mean(0), "sum": squares.mean(0), "step": 10**9}
+        hessian.scale = adam_preconditioner(squares.mean(0), name, kwargs, state).rsqrt()
+    ctx.console.print(
+        f"curvature: the top Hessian eigenvalue at initialisation, {hessian.dim:,} weights, "
+        f"{probe.batches} batch{'es' * (probe.batches > 1)}",
+        markup=False,
+    )
+    eigen = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=probe.tol, max_matvecs=probe.max_matvecs)
+    seconds = time.perf_counter() - started
+    summary = _summary(ctx, eigen, bound, lr, seconds)
+    store.write_summary(summary)
+    _report(ctx, summary, str(store.folder))
+    return summary
+
+
+def _lr_run(ctx: Context) -> dict[str, Any] | None:
+    path = ctx.run_root / "lr" / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    trials = ctx.run_root / "lr" / "trials.csv"
+    if trials.is_file():
+        from stabsweep.results.store import read_table
+
+        summary["wall_seconds"] = float(read_table(trials)["wall_seconds"].max())  # a batch's trials end with it
+    return summary
+
+
+def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: float) -> dict[str, Any]:
+    config, probe = ctx.config, ctx.config.curvature
+    converged = eigen.converged(probe.tol)
+    predicted = bound.edge(eigen.value) if bound is not None and eigen.value == eigen.value else None
+    lr_run = _lr_run(ctx)
+    what = "preconditioned sharpness (of P⁻¹H)" if bound is not None and bound.preconditioned else "sharpness"
+    words = f"{what} {eigen.value:.4g} at initialisation"
+    if not converged:
+        words += f" (not converged: residual {eigen.residual:.2g} after {eigen.matvecs} products; a lower bound)"
+    warnings = []
+    if bound is None:
+        verdict = f"{words}; {config.train.optimizer.name} has no known stability threshold to compare it with."
+    elif predicted is None:
+        verdict = f"{words}: not positive, so {bound.family} has no bound on the rate at the start of training."
+    else:
+        verdict = (
+            f"{words}: {bound.family} is stable below {bound.formula} = {predicted:.3g} at the start of training "
+            f"(threshold {bound.constant:.4g}/η; gradient descent on a quadratic of this curvature diverges above it)."
+        )
+        if lr_run is not None:
+            verdict += (
+                " Against the lr sweep: "
+                + compare(predicted, lr_run.get("unstable_base_lr"), lr_run.get("best_lr"))
+                + "."
+            )
+        if lr is not None:
+            ratio = lr / predicted
+            side = "above" if ratio > 1 else "below"
+            verdict += f" At --lr {lr:g}: {ratio:.2f}× the predicted edge, {side} it at the start."
+    cost = f"{seconds:.1f} s"
+    if lr_run is not None and lr_run.get("wall_seconds"):
+        share = seconds / lr_run["wall_seconds"]
+        cost += f", {share:.1%} of the lr sweep's {lr_run['wall_seconds']:.0f} s"
+    if not converged:
+        warnings.append(f"the eigensolver did not reach tol {probe.tol:g}: raise curvature.max_matvecs")
+    source = shlex.quote(config.source)
+    return {
+        "command": COMMAND,
+        "config": config.source,
+        "sharpness": eigen.value,
+        "preconditioned": bool(bound is not None and bound.preconditioned),
+        "residual": eigen.residual,
+        "converged": converged,
+        "matvecs": eigen.matvecs,
+        "method": eigen.method,
+        "batches": probe.batches,
+        "optimizer": bound.family if bound is not None else config.train.optimizer.name,
+        "threshold_formula": bound.formula if bound is not None else None,
+        "threshold_constant": bound.constant if bound is not None else None,
+        "predicted_edge": predicted,
+        "unstable_base_lr": lr_run.get("unstable_base_lr") if lr_run else None,
+        "best_lr": lr_run.get("best_lr") if lr_run else None,
+        "edge_ratio": (lr_run["unstable_base_lr"] / predicted)
+        if lr_run and predicted and lr_run.get("unstable_base_lr")
+        else None,
+        "lr": lr,
+        "seconds": seconds,
+        "cost": cost,
+        "verdict": verdict,
+        "warnings": warnings,
+        "rules": {
+            "sharpness": "the largest eigenvalue of the Hessian of the mean training loss over the first "
+            "curvature.batches batches, at the initial weights (train mode, fixed dropout masks)",
+            "preconditioned": "for adam, adamw, amsgrad, rmsprop, adagrad: of P^-1/2 H P^-1/2 (the spectrum of P⁻¹H), "
+            "P = √v + ε with v the mean squared gradient over the batches (Adam's steady state: 1 − β₁ᵗ → 1)",
+            "predicted_edge": "threshold_constant / sharpness: the highest stable rate on a quadratic that curved",
+            "agreement": "edge_ratio within 1/1.5 to 1.5",
+        },
+        "next_command": f"stabsweep lr {source} --set train.log_sharpness_every=10"
+        if lr_run is None
+        else f"stabsweep lr {source} --set train.log_sharpness_every=10 --force",
+    }
+
+
+def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
+    from rich.table import Table
+
+    table = Table(title="curvature at initialisation", title_justify="left")
+    for name in ("sharpness", "residual", "products", "threshold", "predicted edge", "sweep's unstable lr", "ratio"):
+        table.add_column(name, justify="right")
+
+    def fmt(value: Any, spec: str = ".4g") -> str:
+        return "–" if value is None else format(value, spec)
+
+    table.add_row(
+        fmt(summary["sharpness"]),
+        fmt(summary["residual"], ".2g"),
+        str(summary["matvecs"]),
+        summary["threshold_formula"] or "–",
+        fmt(summary["predicted_edge"], ".3g"),
+        fmt(summary["unstable_base_lr"], ".3g"),
+        fmt(summary["edge_ratio"], ".2f"),
+    )
+    ctx.console.print(table)
+    ctx.console.print(f"Cost: {summary['cost']} ({summary['method']})", markup=False)
+    ctx.verdict(summary, folder)
