@@ -119,3 +119,76 @@ def compare(predicted: float | None, unstable: float | None, best: float | None)
 def crossed(sharpness: list[tuple[int, float]], bound: float) -> int | None:
     """The first step whose logged sharpness (``(step, λ)`` pairs) is above ``bound``, or None."""
     return next((step for step, value in sharpness if value == value and value > bound), None)
+
+
+def sharpness_findings(sharpness: Any, trials: Any) -> dict[str, Any] | None:
+    """What the logged sharpness says about a sweep's trials (sharpness.csv, trials.csv), or None
+    when none was logged: for each trial that diverged or became unstable, whether its sharpness
+    crossed its threshold (``ratio`` = λ·η / constant above 1) before it failed; for warmup
+    trials, whether the ratio stayed at or below 1 through the ramp; the highest ratio of the
+    trials that trained (≈ 1: the edge of stability, Cohen et al. 2021)."""
+    from stabsweep.records import TrialStatus
+
+    if sharpness is None or not len(sharpness):
+        return None
+    failing, ramps, peaks = [], [], []
+    for _, row in trials.iterrows():
+        own = sharpness[sharpness["trial_id"] == row["trial_id"]]
+        if not len(own):
+            continue
+        status = TrialStatus.of(row["status"])
+        above = own[own["ratio"] > 1]
+        first = int(above["step"].iloc[0]) if len(above) else None
+        if status in (TrialStatus.DIVERGED, TrialStatus.UNSTABLE):
+            failed = row.get("diverged_step")
+            failed = row.get("instability_step") if failed != failed or failed is None else failed
+            failed = int(failed) if failed == failed and failed is not None else None
+            before = first is not None and (failed is None or first < failed)
+            failing.append(
+                {
+                    "trial_id": int(row["trial_id"]),
+                    "lr": float(row["lr"]),
+                    "failed_step": failed,
+                    "crossed_step": first,
+                    "crossed_before": bool(before),
+                }
+            )
+        elif status is TrialStatus.OK:
+            peaks.append(float(own["ratio"].max()))
+        warm = int(row.get("warmup_steps") or 0) if row.get("warmup_steps") == row.get("warmup_steps") else 0
+        if warm:
+            during = own[own["step"] < warm]
+            if len(during):
+                ramps.append(
+                    {
+                        "trial_id": int(row["trial_id"]),
+                        "warmup_steps": warm,
+                        "max_ratio": float(during["ratio"].max()),
+                        "under": bool((during["ratio"] <= 1).all()),
+                    }
+                )
+    crossed = [f for f in failing if f["crossed_before"]]
+    words = []
+    if failing:
+        words.append(
+            f"{len(crossed)} of the {len(failing)} trials that failed crossed their sharpness threshold "
+            "before they failed"
+        )
+        if crossed:
+            f = crossed[0]
+            words[-1] += f" (lr {f['lr']:.3g}: at step {f['crossed_step']}, failed at {f['failed_step']})"
+    if peaks:
+        words.append(
+            f"the trials that trained peaked at {max(peaks):.2f}× their threshold"
+            + (" (at the edge of stability)" if 0.7 <= max(peaks) <= 1.5 else "")
+        )
+    if ramps:
+        under = sum(r["under"] for r in ramps)
+        words.append(f"warmup kept {under} of {len(ramps)} trials under their threshold through the ramp")
+    return {
+        "failing": failing,
+        "crossed_before_failing": len(crossed),
+        "max_ratio_ok": max(peaks) if peaks else None,
+        "warmup": ramps,
+        "sentence": "Sharpness: " + "; ".join(words) + "." if words else None,
+    }

@@ -163,6 +163,8 @@ def run(
         _plot_sweep(ctx, store.folder, trials, all_steps)
 
     summary = _summary(ctx, source, report, rows)
+    if rows is not None:
+        ctx.sharpness(store, trials, summary, COMMAND)
     layers = _layers_of(lr_run, source) if lr_run is not None else None
     if layers is not None and len(layers):
         norms = lr_run.steps()

@@ -206,6 +206,35 @@ class Context:
             name = path.name if path else draw.__name__
             self.plot_warnings.append(f"plot {name} not drawn: {type(exc).__name__}: {exc}")
 
+    def sharpness(self, store: ResultsStore, trials: Any, summary: dict[str, Any], command: str) -> None:
+        """When sharpness was logged (train.log_sharpness_every): what it says about the trials
+        that failed, trained or warmed up, in the summary and the verdict, and its plot."""
+        from stabsweep.analysis.curvature import sharpness_findings
+        from stabsweep.report import plots
+        from stabsweep.results.store import SHARPNESS
+
+        path = store.folder / SHARPNESS
+        if not path.is_file():
+            return
+        frame = store.read(SHARPNESS)
+        frame = frame[frame["trial_id"].isin(trials["trial_id"])]
+        found = sharpness_findings(frame, trials)
+        if found is None:
+            return
+        summary["sharpness"] = found
+        if found["sentence"]:
+            summary["verdict"] += " " + found["sentence"]
+        first_seed = trials[trials["seed"] == trials["seed"].min()] if "seed" in trials else trials
+        label = "lr" if "base_lr" not in trials else "base_lr"
+        self.plot(
+            plots.sharpness,
+            frame[frame["trial_id"].isin(first_seed["trial_id"])],
+            first_seed,
+            store.folder / "plots" / "sharpness.png",
+            label=label,
+            title=self.title(command, "sharpness against each rate's stability threshold"),
+        )
+
     def stop_if_nothing_trained(self, store: ResultsStore, trials: Any, command: str) -> None:
         """When every trial raised: write summary.json with the error, say it, and end with exit 3."""
         from stabsweep.analysis.failures import nothing_trained

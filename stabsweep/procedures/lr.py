@@ -107,6 +107,7 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     if found_by_find is not None:
         summary.update(lr_grid_source="find", lr_grid=found_by_find["lr_grid"])
     _plot(ctx, store.folder, sweep, steps, found)
+    ctx.sharpness(store, sweep, summary, COMMAND)
     summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)
     _report(ctx, sweep, found, summary, str(store.folder))

@@ -234,6 +234,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         if recommended_path.exists()
         else f"stabsweep doctor {shlex.quote(config.source)}",
     }
+    ctx.sharpness(store, trials, summary, COMMAND)
     series = [
         sweep_plots.series_points(
             trials[trials["mitigation"] == name],

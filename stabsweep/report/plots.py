@@ -147,6 +147,45 @@ def step_curves(
     return save(fig, path)
 
 
+def sharpness(frame: pd.DataFrame, trials: pd.DataFrame, path: Path, *, label: str = "lr", title: str = "") -> Path:
+    """The edge-of-stability figure (Cohen et al. 2021): each trial's sharpness (sharpness.csv)
+    against step, coloured by ``label`` as the loss curves are, with its stability threshold
+    (constant / lr at that step) dashed in the same colour; a trial that diverged ends in a red ×."""
+    import matplotlib as mpl
+
+    fig, (ax,) = figure()
+    values = trials.set_index("trial_id")[label].astype(float)
+    finite = values[np.isfinite(values) & (values > 0)]
+    norm = mpl.colors.LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
+    cmap = mpl.colormaps["viridis"]
+    statuses = trials.set_index("trial_id")["status"].map(TrialStatus.of).to_dict()
+    for tid, part in frame.groupby("trial_id"):
+        value = values.get(tid, np.nan)
+        color = cmap(norm(value)) if norm is not None and np.isfinite(value) and value > 0 else "0.35"
+        ax.plot(part["step"], part["sharpness"], color=color, lw=1.4, marker="o", markersize=2.5)
+        ax.plot(part["step"], part["threshold"], color=color, lw=1.0, linestyle="--", alpha=0.8)
+        if statuses.get(tid) is TrialStatus.DIVERGED:
+            last = part[np.isfinite(part["sharpness"])]
+            if len(last):
+                ax.plot(last["step"].iloc[-1], last["sharpness"].iloc[-1], linestyle="none", zorder=4, **DIVERGED_MARK)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    preconditioned = bool(frame["preconditioned"].astype(str).eq("True").any())
+    ax.set_ylabel(
+        "preconditioned sharpness (top eigenvalue of P⁻¹H)" if preconditioned else "sharpness (top Hessian eigenvalue)"
+    )
+    ax.set_title(title)
+    if norm is not None:
+        bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+        bar.set_label({"lr": "learning rate"}.get(label, label.replace("_", " ")))
+    ax.plot([], [], color="0.3", lw=1.4, label="sharpness")
+    ax.plot([], [], color="0.3", lw=1.0, linestyle="--", label="its stability threshold (constant / lr)")
+    if any(status is TrialStatus.DIVERGED for status in statuses.values()):
+        ax.plot([], [], linestyle="none", label="diverged (stopped there)", **DIVERGED_MARK)
+    legend(ax, loc="best")
+    return save(fig, path)
+
+
 def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path, *, title: str = "") -> Path:
     """The early check: training and eval loss at every one of the first steps of the real run."""
     fig, (ax,) = figure()

@@ -117,6 +117,7 @@ class ModelHessian:
         self.flat = torch.cat([p.reshape(-1) for p in self.params.values()])
         self.dim = self.flat.numel()
         self.scale: torch.Tensor | None = None
+        self.graph: tuple[list[torch.Tensor], tuple[torch.Tensor, ...]] | None = None  # see __call__
 
     def loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         from torch.func import functional_call
@@ -145,9 +146,28 @@ class ModelHessian:
         if self.scale is not None:
             vector = vector * self.scale
         tangent = self._split(vector)
-        _, product = jvp(grad(self.loss), (self.params,), (tangent,))
+        if self.graph is None:
+            try:
+                _, product = jvp(grad(self.loss), (self.params,), (tangent,))
+            except RuntimeError:  # an op torch.func's forward mode trips on (a ZeroTensor written in place, say)
+                self.graph = self._double_backward_graph()
+        if self.graph is not None:
+            inputs, gradient = self.graph
+            product = dict(
+                zip(
+                    self.names,
+                    torch.autograd.grad(gradient, inputs, list(tangent.values()), retain_graph=True),
+                    strict=True,
+                )
+            )
         out = self._flatten(product)
         return out * self.scale if self.scale is not None else out
+
+    def _double_backward_graph(self) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The fallback: the gradient with its graph kept (reverse-over-reverse), built once."""
+        inputs = [p.detach().clone().requires_grad_() for p in self.params.values()]
+        loss = self.loss(dict(zip(self.names, inputs, strict=True)))
+        return inputs, torch.autograd.grad(loss, inputs, create_graph=True)
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0

@@ -1,0 +1,241 @@
+"""The curvature probe (docs/contract.md, "curvature"): sharpness from Hessian-vector products
+against the full Hessian and an analytic value, the optimizers' stability thresholds checked by
+training on a quadratic, and sharpness along training in both engines and across a resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import stabsweep
+from stabsweep.analysis.curvature import compare, threshold
+from stabsweep.cli import app
+from stabsweep.optim.optimizers import build_optimizer
+from stabsweep.training.curvature import ModelHessian, PowerIteration, lanczos_top
+
+from .conftest import CONFIGS
+
+runner = CliRunner()
+
+
+def tiny_workload(seed: int = 0) -> stabsweep.Workload:
+    torch.manual_seed(seed)
+    x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    return stabsweep.Workload(model=model, train_data=[(x, y)], loss_fn=nn.CrossEntropyLoss())
+
+
+def full_hessian_top(hessian: ModelHessian) -> float:
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        return hessian.loss(hessian._split(flat))
+
+    matrix = torch.autograd.functional.hessian(loss, hessian.flat.double().float())
+    return float(torch.linalg.eigvalsh(matrix.double())[-1])
+
+
+def test_lanczos_and_power_iteration_match_the_full_hessian():
+    workload = tiny_workload()
+    hessian = ModelHessian(workload, workload.train_data)
+    exact = full_hessian_top(hessian)
+    found = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=1e-6)
+    assert abs(found.value - exact) / exact < 1e-3
+    assert found.residual < 1e-3 and found.matvecs < hessian.dim  # never the whole matrix
+
+    x, y = workload.train_data[0]
+    names = [n for n, _ in workload.model.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in workload.model.parameters()]
+
+    def loss(ps):
+        out = torch.func.functional_call(workload.model, dict(zip(names, ps, strict=True)), (x,))
+        return nn.functional.cross_entropy(out, y)
+
+    values, residuals = PowerIteration(iterations=100).measure(loss(params).reshape(1), params, batched=False)
+    assert abs(values[0] - exact) / exact < 1e-3 and residuals[0] < 1e-2
+
+
+def test_sharpness_of_a_quadratic_loss_is_its_analytic_curvature():
+    """Least squares: the loss ½·mean((Xw − y)²)·2 has Hessian 2XᵀX/n, its top eigenvalue known."""
+    torch.manual_seed(1)
+    x = torch.randn(64, 6) * torch.tensor([3.0, 1, 1, 0.5, 0.2, 0.1])
+    y = torch.randn(64, 1)
+    model = nn.Linear(6, 1, bias=False)
+    workload = stabsweep.Workload(model=model, train_data=[(x, y)], loss_fn=nn.MSELoss())
+    hessian = ModelHessian(workload, workload.train_data)
+    analytic = float(torch.linalg.eigvalsh(2 * x.T.double() @ x.double() / 64)[-1])
+    found = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=1e-8)
+    assert found.value == pytest.approx(analytic, rel=1e-4)
+
+
+def train_on_quadratic(
+    name: str, kwargs: dict, lr: float, curvature: float, steps: int = 400, settle: int = 0
+) -> float:
+    """|θ| after training f(θ) = ½·λ·θ² from θ = 0.01 with torch.optim; ``settle`` steps at a
+    negligible rate first, so that an optimizer's bias corrections have decayed (steady state)."""
+    theta = torch.nn.Parameter(torch.ones(4, dtype=torch.float64) * 1e-2)
+    optimizer = build_optimizer(name, kwargs, [theta], lr)
+    for step in range(settle + steps):
+        optimizer.param_groups[0]["lr"] = lr if step >= settle else 1e-12
+        optimizer.zero_grad()
+        (0.5 * curvature * theta.square()).sum().backward()
+        optimizer.step()
+    return float(theta.detach().abs().max())
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("sgd", {}),
+        ("momentum", {"momentum": 0.9}),
+        ("momentum", {"momentum": 0.5, "dampening": 0.3}),
+        ("nesterov", {"momentum": 0.9}),
+    ],
+)
+def test_each_sgd_family_converges_below_its_threshold_and_diverges_above(name, kwargs):
+    bound = threshold(name, kwargs)
+    curvature = 10.0
+    edge = bound.edge(curvature)
+    assert train_on_quadratic(name, kwargs, 0.95 * edge, curvature) < 1e-4  # converged
+    assert train_on_quadratic(name, kwargs, 1.05 * edge, curvature) > 1.0  # diverged
+
+
+def test_adams_preconditioned_threshold_holds_on_a_quadratic():
+    """With ε far above √v̂, Adam's preconditioner is the constant ε once its bias corrections
+    have decayed (the steady state the threshold is about; early on, 1/(1 − β₁ᵗ) inflates the
+    steps): on P⁻¹H = λ/ε it is stable below (2 + 2β₁)/((1 − β₁)η), 38/η for β₁ = 0.9, and not
+    above: there the oscillation grows (until √v̂ rivals ε and the preconditioner, growing,
+    brings it back under: Adam's edge of stability; so the check is 100 steps in)."""
+    bound = threshold("adam", {})
+    assert bound.constant == pytest.approx(38.0) and bound.preconditioned
+    eps, curvature = 1e3, 1.0
+    edge = bound.edge(curvature / eps)
+    below = train_on_quadratic("adam", {"eps": eps}, 0.9 * edge, curvature, steps=100, settle=300)
+    above = train_on_quadratic("adam", {"eps": eps}, 1.1 * edge, curvature, steps=100, settle=300)
+    assert below < 1e-2 and above > 1.0  # from 0.01: shrinking below the threshold, grown 100× above it
+
+
+def test_thresholds_in_words_and_comparisons():
+    assert threshold("momentum", {}).formula == "(2 + 2β)/η" and threshold("momentum", {}).constant == 3.8
+    assert threshold("nadam", {}) is None
+    assert "catapult" in compare(0.1, 0.5, 0.05) and "progressive sharpening" in compare(1.0, 0.3, 0.1)
+    assert "decides it" in compare(1.0, 1.2, 0.5)
+
+
+@pytest.mark.slow
+def test_vectorized_sharpness_equals_each_trial_alone(tmp_path):
+    args = ["--set", "train.log_sharpness_every=10", "--quiet"]
+    for engine in ("vectorized", "sequential"):
+        result = runner.invoke(
+            app, ["lr", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path / engine), "--engine", engine, *args]
+        )
+        assert result.exit_code == 0, result.output
+    batched = pd.read_csv(tmp_path / "vectorized" / "lr" / "sharpness.csv")
+    alone = pd.read_csv(tmp_path / "sequential" / "lr" / "sharpness.csv")
+    pd.testing.assert_frame_equal(batched[["trial_id", "step"]], alone[["trial_id", "step"]])
+    calm = (batched["lr"] <= 0.1) & (batched["residual"] < 1e-2) & (alone["residual"] < 1e-2)
+    assert calm.sum() >= 6
+    np.testing.assert_allclose(batched["sharpness"][calm], alone["sharpness"][calm], rtol=1e-3)
+    assert (batched["threshold"] == 3.8 / batched["lr"]).all()  # momentum 0.9: (2 + 2β)/η
+    summary = json.loads((tmp_path / "vectorized" / "lr" / "summary.json").read_text())
+    assert summary["sharpness"]["sentence"] in summary["verdict"]
+    assert (tmp_path / "vectorized" / "lr" / "plots" / "sharpness.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_sharpness_of_finished_trials_and_redoes_the_rest(tmp_path):
+    args = [
+        "lr",
+        str(CONFIGS / "smoke.yaml"),
+        "--out",
+        str(tmp_path),
+        "--set",
+        "train.log_sharpness_every=20",
+        "--engine",
+        "sequential",
+        "--quiet",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    folder = tmp_path / "lr"
+    whole = pd.read_csv(folder / "sharpness.csv")
+    trials = pd.read_csv(folder / "trials.csv")
+    trials[trials["trial_id"] < 3].to_csv(folder / "trials.csv", index=False)  # as if killed after trial 2
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    again = pd.read_csv(folder / "sharpness.csv")
+    pd.testing.assert_frame_equal(again, whole, rtol=1e-6)
+
+
+def test_a_model_without_double_backward_trains_with_a_note_instead(tmp_path):
+    class Once(torch.autograd.Function):  # a custom op that refuses a second derivative
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, grad):
+            if torch.is_grad_enabled():  # backward with create_graph: a Hessian-vector product
+                raise NotImplementedError("Once has no double backward")
+            (x,) = ctx.saved_tensors
+            return grad * (x > 0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.b(Once.apply(self.a(x)))
+
+    def build(seed, batch_size=32):
+        from stabsweep.workloads import mlp
+
+        workload = mlp.build(seed=seed, batch_size=batch_size, hidden=8, depth=1)
+        torch.manual_seed(seed)
+        workload.model = Net()
+        return workload
+
+    config = {
+        "name": "once",
+        "device": "cpu",
+        "train": {"steps": 20, "eval_every": 10, "log_sharpness_every": 5},
+        "lr_sweep": {"lrs": [0.01, 0.1]},
+        "execution": {"engine": "sequential"},
+    }
+    result = stabsweep.lr(config, factory=build, out=tmp_path, quiet=True)
+    assert set(result.trials["status"]) <= {"ok", "learned_nothing"}  # trained, not failed
+    assert not (result.folder / "sharpness.csv").exists()
+    assert (result.trials["steps_run"] == 20).all()
+
+
+@pytest.mark.slow
+def test_curvature_command_against_the_lr_run(tmp_path):
+    assert runner.invoke(app, ["lr", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["curvature", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path), "--lr", "0.3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "curvature" / "summary.json").read_text())
+    lr = json.loads((tmp_path / "lr" / "summary.json").read_text())
+    assert summary["converged"] and summary["residual"] < 1e-3 and summary["sharpness"] > 0
+    assert summary["predicted_edge"] == pytest.approx(3.8 / summary["sharpness"])
+    assert summary["unstable_base_lr"] == lr["unstable_base_lr"]
+    assert summary["edge_ratio"] == pytest.approx(lr["unstable_base_lr"] / summary["predicted_edge"])
+    assert "SGD with momentum 0.9 is stable below (2 + 2β)/η" in summary["verdict"]
+    assert "Against the lr sweep" in summary["verdict"] and "At --lr 0.3" in summary["verdict"]
+    assert "Cost:" in result.output and "of the lr sweep's" in summary["cost"]
+    read = stabsweep.open_run(tmp_path / "curvature")
+    assert isinstance(read, stabsweep.CurvatureResult) and read.sharpness == summary["sharpness"]
+
+
+def test_adam_probe_is_preconditioned(tmp_path):
+    found = stabsweep.curvature(
+        CONFIGS / "smoke.yaml", out=tmp_path, quiet=True, train__optimizer="adam", curvature__batches=2
+    )
+    assert found.preconditioned and found.summary["threshold_constant"] == pytest.approx(38.0)
+    assert found.predicted_edge == pytest.approx(38.0 / found.sharpness)
+    assert math.isfinite(found.residual)
