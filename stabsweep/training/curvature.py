@@ -88,6 +88,15 @@ def lanczos_top(
     return Eigen(value, residual, count, "lanczos (scipy eigsh)")
 
 
+def twice_differentiable() -> Any:
+    """A context whose forward can be differentiated twice: attention's math formulation
+    (matmuls and a softmax), as the fused CPU and flash kernels of
+    ``scaled_dot_product_attention`` have no derivative of their backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 class ModelHessian:
     """Hessian-vector products of a workload's mean training loss over fixed ``batches``, at
     the model's current weights, by ``torch.func`` forward-over-reverse.
@@ -123,7 +132,7 @@ class ModelHessian:
         from torch.func import functional_call
 
         devices = [self.flat.device] if self.flat.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), twice_differentiable():
             torch.manual_seed(self.seed)
             total = sum(
                 functional_call(self.bound, {**params, **self.fixed}, (self._objective, batch))

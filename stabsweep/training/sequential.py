@@ -14,6 +14,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from stabsweep.training.common import (
     trial_failure,
     trial_result,
 )
-from stabsweep.training.curvature import SharpnessLog
+from stabsweep.training.curvature import SharpnessLog, twice_differentiable
 from stabsweep.training.gradients import FlatGrads
 from stabsweep.training.layers import TrialLayers
 from stabsweep.workloads.base import Workload
@@ -178,9 +179,10 @@ class _Trial:
             batch = next(self.stream)
             if not self.data_on_device:
                 batch = to_device(batch, device)
-            with autocast(device, self.precision):
+            measuring = self.sharpness.due(step)
+            with autocast(device, self.precision), twice_differentiable() if measuring else nullcontext():
                 loss = training_loss(self.workload, self.model, batch)
-            if self.sharpness.due(step):
+            if measuring:
                 self.sharpness.measure(step, loss.reshape(1), self.params, [0], self._optimizer_states)
             grads.zero()
             with user_code():  # the backward of the user's graph (a custom autograd.Function's, say)

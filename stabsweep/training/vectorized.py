@@ -64,7 +64,7 @@ from stabsweep.training.common import (
     training_loss,
     trial_result,
 )
-from stabsweep.training.curvature import SharpnessLog
+from stabsweep.training.curvature import SharpnessLog, twice_differentiable
 from stabsweep.training.layers import BatchLayers
 from stabsweep.training.seeds import SeedGroups
 from stabsweep.training.vmap_support import (
@@ -287,12 +287,14 @@ class TrialBatch:
         finished: list[TrialResult] = []
         while not finished:
             step = self.steps_done
+            measuring = self.sharpness.due(step)
             with (
                 noting_looped_ops(self.looped_ops) if step == 0 else nullcontext(),
                 autocast(self.device, self.precision),
+                twice_differentiable() if measuring else nullcontext(),
             ):
                 loss = self._losses()  # [active trial]
-                if self.sharpness.due(step):
+                if measuring:
                     self.sharpness.measure(step, loss, list(self.params.values()), self.active, self._optimizer_states)
             grads = self._gradients(loss, step)
             for view, grad in zip(self.grad_views, grads, strict=True):
