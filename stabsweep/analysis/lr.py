@@ -170,9 +170,15 @@ def describe_rate_independent(found: dict[str, Any], epoch_length: int | None = 
     )
 
 
-def lr_findings(trials: pd.DataFrame, steps: pd.DataFrame | None = None) -> LrFindings:
+def lr_findings(
+    trials: pd.DataFrame, steps: pd.DataFrame | None = None, data_spikes: set[tuple[int, int]] | None = None
+) -> LrFindings:
     """Apply the selection rules to the sweep's trials (one row per rate and seed); ``steps``
-    (the per-step records) lets the rate-independent rule see non-finite losses."""
+    (the per-step records) lets the rate-independent rule see non-finite losses;
+    ``data_spikes`` ((trial_id, step) of spikes the data caused, analysis/spikes.py) makes a
+    trial unstable only there count as ok: its trouble was a batch, not its rate."""
+    if data_spikes:
+        trials = _forgive_data_spikes(trials, data_spikes)
     independent = rate_independent(trials, steps)
     if independent is not None and independent["kind"] == "same_step":
         # Trials that were unstable only at that batch trained otherwise: not their rate's failure.
@@ -187,6 +193,24 @@ def lr_findings(trials: pd.DataFrame, steps: pd.DataFrame | None = None) -> LrFi
         if found.unstable_base_lr is not None and independent["kind"] == "non_finite":
             found.unstable_base_lr = None
     return found
+
+
+def _forgive_data_spikes(trials: pd.DataFrame, data_spikes: set[tuple[int, int]]) -> pd.DataFrame:
+    """An unstable trial whose instability was detected at (or within 2 steps after) a spike of
+    the data's counts as ok."""
+    near = {(t, s + d) for t, s in data_spikes for d in range(3)}
+
+    def forgiven(row: Any) -> bool:
+        step = row.get("instability_step")
+        return (
+            TrialStatus.of(row["status"]) is TrialStatus.UNSTABLE
+            and step == step
+            and step is not None
+            and (int(row["trial_id"]), int(step)) in near
+        )
+
+    mask = trials.apply(forgiven, axis=1) if len(trials) else pd.Series(dtype=bool)
+    return trials.assign(status=trials["status"].where(~mask, TrialStatus.OK.value)) if mask.any() else trials
 
 
 def _findings(trials: pd.DataFrame) -> LrFindings:

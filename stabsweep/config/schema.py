@@ -299,6 +299,9 @@ class DetectConfig(_Strict):
     divergence_patience: Int = Field(1, ge=0, le=MAX_STEPS)  # a loss above the factor must stay this many more steps
     noise_sigma: Float = Field(3.0, ge=0, le=1e6)  # a trend's rise must exceed this × its noise (× √(2 ln(steps/span)))
     spike_ratio: Float = Field(5.0, ge=1, le=1e6)  # a spike counts when this × larger than any other excursion
+    # spikes.csv (analysis/spikes.py): a loss or gradient norm this many σ above the window before it
+    spike_sigma: Float = Field(6.0, gt=0, le=1e6)
+    spike_window: Int = Field(128, ge=2, le=MAX_STEPS)  # ... of this many steps, judged once half full
 
     @model_validator(mode="after")
     def _spike_below_divergence(self) -> DetectConfig:

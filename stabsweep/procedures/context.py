@@ -156,6 +156,7 @@ class Context:
         from stabsweep.training.checkpoint import prune
 
         todo = [s for s in specs if s.trial_id not in store.completed]
+        store.epoch_length = self.epoch_length
         checkpoints = str(store.checkpoints)
         job = dataclasses.replace(
             job, checkpoint_dir=checkpoints, checkpoint_every=self.config.execution.checkpoint_every
@@ -205,6 +206,25 @@ class Context:
             path = next((a for a in args if isinstance(a, Path)), None)
             name = path.name if path else draw.__name__
             self.plot_warnings.append(f"plot {name} not drawn: {type(exc).__name__}: {exc}")
+
+    def spikes(self, store: ResultsStore, trials: Any, steps: Any) -> Any:
+        """The spikes of these trials (analysis/spikes.py), written to spikes.csv; the frame."""
+        from stabsweep.analysis.spikes import detect
+        from stabsweep.results.store import SPIKES
+
+        detect_config = self.config.detect
+        own = steps[steps["trial_id"].isin(trials["trial_id"])] if len(steps) else steps
+        found = detect(own, trials, detect_config.spike_sigma, detect_config.spike_window)
+        found.to_csv(store.folder / SPIKES, index=False)
+        return found
+
+    def add_spikes(self, summary: dict[str, Any], spikes: Any) -> None:
+        """spikes in summary.json, and the verdict's sentence naming the data's batches."""
+        from stabsweep.analysis.spikes import summary_of
+
+        summary["spikes"] = summary_of(spikes)
+        if summary["spikes"]["sentence"]:
+            summary["verdict"] += " " + summary["spikes"]["sentence"]
 
     def sharpness(self, store: ResultsStore, trials: Any, summary: dict[str, Any], command: str) -> None:
         """When sharpness was logged (train.log_sharpness_every): what it says about the trials

@@ -13,6 +13,7 @@ from typing import Any
 
 from stabsweep.analysis.gate import stability_block
 from stabsweep.analysis.lr import LrFindings, lr_findings, verdict
+from stabsweep.analysis.spikes import data_spike_steps
 from stabsweep.config.schema import Config
 from stabsweep.procedures.context import Context, full_run, seeds_of
 from stabsweep.records import TrialSpec, TrialStatus
@@ -85,7 +86,8 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
     trials, steps, evals = store.finalize()
     ctx.stop_if_nothing_trained(store, trials, COMMAND)
     sweep = trials[trials["phase"] == "sweep"]
-    found = lr_findings(sweep, steps)
+    spikes = ctx.spikes(store, trials, steps)
+    found = lr_findings(sweep, steps, data_spike_steps(spikes))
 
     early: dict[str, Any] | None = None
     if early_check and found.best_lr is not None:
@@ -104,6 +106,7 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
         )
 
     summary = _summary(ctx, found, sweep, early, lrs)
+    ctx.add_spikes(summary, spikes)
     if found_by_find is not None:
         summary.update(lr_grid_source="find", lr_grid=found_by_find["lr_grid"])
     _plot(ctx, store.folder, sweep, steps, found)

@@ -22,6 +22,7 @@ import yaml
 
 from stabsweep.analysis.gate import stability_block
 from stabsweep.analysis.lr import lr_findings
+from stabsweep.analysis.spikes import data_spike_steps
 from stabsweep.analysis.tune import (
     MITIGATIONS,
     Choice,
@@ -186,14 +187,16 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         return store
 
     store = _resumed(ctx, "confirm", train)
-    trials, _, _ = store.finalize()
+    trials, steps, _ = store.finalize()
     ctx.stop_if_nothing_trained(store, trials, COMMAND)
+    spikes = ctx.spikes(store, trials, steps)
+    data_spikes = data_spike_steps(spikes)
 
     aggressive_fraction = config.clip_sweep.aggressive_fraction
     mitigated = {}
     for name in names:
         part = trials[trials["mitigation"] == name]
-        found = lr_findings(part)
+        found = lr_findings(part, data_spikes=data_spikes)
         at_best = part[part["lr"] == found.best_lr] if found.best_lr is not None else part.iloc[:0]
         clipped = float(at_best["clipped_fraction"].mean()) if uses_clip(name) and len(at_best) else None
         aggressive = clipped is not None and clipped > aggressive_fraction
@@ -234,6 +237,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         if recommended_path.exists()
         else f"stabsweep doctor {shlex.quote(config.source)}",
     }
+    ctx.add_spikes(summary, spikes)
     ctx.sharpness(store, trials, summary, COMMAND)
     series = [
         sweep_plots.series_points(

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from stabsweep.records import TrialResult, TrialSpec
 
 TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
-SHARPNESS = "sharpness.csv"
-OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS, "summary.json", "config.yaml")
+SHARPNESS, SPIKES = "sharpness.csv", "spikes.csv"
+OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS, SPIKES, "summary.json", "config.yaml")
 _STATUSES = ", ".join(s.value for s in TrialStatus)
 
 
@@ -40,6 +40,7 @@ class ResultsStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.epoch_length: int | None = None  # batches per epoch: steps.csv's epoch and batch columns
         self.threshold: Any = None  # analysis.curvature.Threshold of the run's optimizer: sharpness.csv's bound
         self.ran: dict[int, dict[str, Any]] = {}  # trial id -> its trials.csv row, for every finished trial
 
@@ -104,6 +105,7 @@ class ResultsStore:
                     "grad_norm": log.grad_norm,
                     "clip_threshold": log.clip_threshold,
                     "clipped": log.clipped,
+                    **batch_position(result.steps_run, self.epoch_length),
                 }
             )
             self._append(STEPS, steps)
@@ -233,6 +235,19 @@ def layer_rows(trial_id: int, log: Any) -> pd.DataFrame:
             "update_ratio": np.asarray(log.update_ratio).reshape(-1),
         }
     )
+
+
+def batch_position(steps_run: int, epoch_length: int | None) -> dict[str, Any]:
+    """Where each step's batch sits in the data: ``epoch`` and ``batch`` (its index within the
+    epoch, both from 0); without a known epoch length, ``batch`` is its index in the stream.
+    Every trial takes one batch per step from the start of its seed's data, resumed where it
+    stopped (training/common.py's DataStream), so the position follows from the step."""
+    import numpy as np
+
+    index = np.arange(steps_run)
+    if epoch_length:
+        return {"epoch": index // epoch_length, "batch": index % epoch_length}
+    return {"epoch": np.full(steps_run, np.nan), "batch": index}
 
 
 def sharpness_rows(result: TrialResult, threshold: Any) -> pd.DataFrame:

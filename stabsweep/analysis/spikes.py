@@ -1,0 +1,170 @@
+"""Loss spikes: where they are, which batch caused each, and whether the data or the optimizer did.
+
+A **spike** is a step whose training loss, or unclipped gradient norm, is more than
+``detect.spike_sigma`` (6) standard deviations above the mean of the ``detect.spike_window``
+(128) steps before it, judged once that window is half full: OLMo-core's
+``SkipStepOptimizer`` rule (its ``get_step_factor``: the mean and unbiased standard deviation
+of the earlier values, judged from half a window on), read here after the fact.
+
+**Attribution.** Every trial of one seed sees the same batches in the same order (the seed
+draws the data order), and a sweep trains many rates on them, which is what tells the two
+causes apart (module of record: this one):
+
+* **data**: the same batch (seed, epoch, index) spikes in at least two trials, the lowest
+  rate that reached that batch among them: a batch that hurts even at the lowest rate is an
+  outlier in the data, not a rate too high;
+* **optimization**: every other spike, a high rate's own (different batches, or not the
+  lowest rate).
+
+A trial whose only trouble is a data spike is not unstable for its rate (``analysis/lr.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = [
+    "trial_id",
+    "lr",
+    "seed",
+    "step",
+    "epoch",
+    "batch",
+    "loss",
+    "z",
+    "grad_norm",
+    "grad_norm_z",
+    "recovered_step",
+    "kind",
+]
+
+
+def detect(steps: pd.DataFrame, trials: pd.DataFrame, sigma: float, window: int) -> pd.DataFrame:
+    """Every spike of every trial (COLUMNS), attributed. ``steps``: steps.csv (``trial_id``,
+    ``step``, ``train_loss``, ``grad_norm``, and ``epoch``/``batch`` when known)."""
+    if not len(steps):
+        return pd.DataFrame(columns=COLUMNS)
+    frame = steps.sort_values(["trial_id", "step"]).copy()
+    least = max(2, window // 2)
+    found = []
+    for trial_id, part in frame.groupby("trial_id", sort=True):
+        loss = part["train_loss"].astype(float)
+        norm = part["grad_norm"].astype(float)
+        loss_z = _z(loss, window, least)
+        norm_z = _z(norm, window, least)
+        hit = (loss_z > sigma) | (norm_z > sigma)
+        if not hit.any():
+            continue
+        mean = loss.shift(1).rolling(window, min_periods=least).mean()
+        std = loss.shift(1).rolling(window, min_periods=least).std()
+        values, steps_of = loss.to_numpy(), part["step"].to_numpy()
+        for i in np.flatnonzero(hit.to_numpy()):
+            level = mean.iloc[i] + std.iloc[i]
+            later = np.flatnonzero(values[i + 1 :] <= level)
+            found.append(
+                {
+                    "trial_id": int(trial_id),
+                    "step": int(steps_of[i]),
+                    "epoch": part["epoch"].iloc[i] if "epoch" in part else np.nan,
+                    "batch": part["batch"].iloc[i] if "batch" in part else steps_of[i] - 1,
+                    "loss": values[i],
+                    "z": float(loss_z.iloc[i]),
+                    "grad_norm": float(norm.iloc[i]),
+                    "grad_norm_z": float(norm_z.iloc[i]),
+                    "recovered_step": int(steps_of[i + 1 + later[0]]) if len(later) else np.nan,
+                }
+            )
+    if not found:
+        return pd.DataFrame(columns=COLUMNS)
+    spikes = pd.DataFrame(found)
+    info = trials.set_index("trial_id")
+    spikes["lr"] = spikes["trial_id"].map(info["lr"]).astype(float)
+    spikes["seed"] = spikes["trial_id"].map(info["seed"]) if "seed" in info else 0
+    spikes["kind"] = attribute(spikes, trials)
+    return spikes[COLUMNS]
+
+
+def _z(values: pd.Series, window: int, least: int) -> pd.Series:
+    """How many standard deviations each value is above the mean of the ``window`` before it."""
+    earlier = values.shift(1).rolling(window, min_periods=least)
+    std = earlier.std()
+    z = (values - earlier.mean()) / std.where(std > 0)
+    return z.where(np.isfinite(values), np.nan).fillna(0.0)
+
+
+def attribute(spikes: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
+    """ "data" or "optimization" per spike (the module docstring's rule)."""
+    kinds = pd.Series("optimization", index=spikes.index)
+    reached = trials.assign(seed=trials.get("seed", 0))
+    for (seed, _epoch, _batch, step), group in spikes.groupby(["seed", "epoch", "batch", "step"], dropna=False):
+        if group["trial_id"].nunique() < 2:
+            continue
+        there = reached[(reached["seed"] == seed) & (reached["steps_run"] >= step)]
+        lowest = float(there["lr"].min()) if len(there) else np.inf
+        if float(group["lr"].min()) <= lowest:
+            kinds[group.index] = "data"
+    return kinds
+
+
+def ranked_batches(spikes: pd.DataFrame) -> pd.DataFrame:
+    """The batches that spiked, most trials first: seed, epoch, batch, step, trials, rates, kind."""
+    if not len(spikes):
+        return pd.DataFrame(columns=["seed", "epoch", "batch", "step", "trials", "lowest_lr", "highest_lr", "kind"])
+    grouped = spikes.groupby(["seed", "epoch", "batch", "step"], dropna=False)
+    table = grouped.agg(
+        trials=("trial_id", "nunique"),
+        lowest_lr=("lr", "min"),
+        highest_lr=("lr", "max"),
+        kind=("kind", "first"),
+    ).reset_index()
+    return table.sort_values(["trials", "step"], ascending=[False, True]).reset_index(drop=True)
+
+
+def describe(spikes: pd.DataFrame) -> str | None:
+    """The verdict's sentence on the spikes: the data's batches by name, then the optimizer's count."""
+    if not len(spikes):
+        return None
+    table = ranked_batches(spikes)
+    data = table[table["kind"] == "data"]
+    words = []
+    for row in data.head(3).itertuples():
+        where = f"batch {int(row.batch)}" + (f" of epoch {int(row.epoch)}" if row.epoch == row.epoch else "")
+        words.append(
+            f"{where} (step {int(row.step)}) spiked in {int(row.trials)} trials, at every rate from "
+            f"{row.lowest_lr:.3g} to {row.highest_lr:.3g}: inspect those samples"
+        )
+    optimizer = spikes[spikes["kind"] == "optimization"]
+    if len(optimizer):
+        rates = sorted(optimizer["lr"].unique())
+        words.append(
+            f"{len(optimizer)} spike{'s' * (len(optimizer) > 1)} of the optimizer's own (only at rate"
+            f"{'s' * (len(rates) > 1)} {', '.join(f'{r:.3g}' for r in rates[:4])}{', …' * (len(rates) > 4)})"
+        )
+    return "Spikes: " + "; ".join(words) + "."
+
+
+def summary_of(spikes: pd.DataFrame) -> dict[str, Any]:
+    """spikes in summary.json: counts by kind and the top batches."""
+    table = ranked_batches(spikes)
+    return {
+        "count": len(spikes),
+        "data": int((spikes["kind"] == "data").sum()) if len(spikes) else 0,
+        "optimization": int((spikes["kind"] == "optimization").sum()) if len(spikes) else 0,
+        "batches": [
+            {
+                k: (None if isinstance(v, float) and v != v else (v.item() if hasattr(v, "item") else v))
+                for k, v in row.items()
+            }
+            for row in table.head(10).to_dict("records")
+        ],
+        "sentence": describe(spikes),
+    }
+
+
+def data_spike_steps(spikes: pd.DataFrame) -> set[tuple[int, int]]:
+    """``(trial_id, step)`` of every spike attributed to the data."""
+    data = spikes[spikes["kind"] == "data"] if len(spikes) else spikes
+    return {(int(t), int(s)) for t, s in zip(data["trial_id"], data["step"], strict=True)}
