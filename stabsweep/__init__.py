@@ -24,6 +24,7 @@ from stabsweep.api import (
     lr,
     open_run,
     report,
+    spikes,
     tune,
     warmup,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "lr",
     "open_run",
     "report",
+    "spikes",
     "tune",
     "warmup",
 ]

@@ -74,6 +74,7 @@ class TrialSpec:
     clip: Any = None  # config.schema.ClipConfig, or None for no clipping
     columns: dict[str, Any] = field(default_factory=dict)  # swept values written to trials.csv
     run_steps: int | None = None  # this trial is the first `steps` of a run this long (the early check)
+    skip: Any = None  # config.schema.SkipSpikesConfig: skip a spike's update (training/skipping.py), or None
 
 
 @dataclass(frozen=True)

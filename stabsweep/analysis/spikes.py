@@ -123,8 +123,10 @@ def ranked_batches(spikes: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["trials", "step"], ascending=[False, True]).reset_index(drop=True)
 
 
-def describe(spikes: pd.DataFrame) -> str | None:
-    """The verdict's sentence on the spikes: the data's batches by name, then the optimizer's count."""
+def describe(spikes: pd.DataFrame, trials: pd.DataFrame | None = None) -> str | None:
+    """The verdict's sentence on the spikes: the data's batches by name, then the optimizer's
+    spikes in trials that went on to fail (with ``trials``; a healthy trial's lone excursions,
+    common once the loss is near 0 and its spread tiny, stay in spikes.csv)."""
     if not len(spikes):
         return None
     table = ranked_batches(spikes)
@@ -137,16 +139,21 @@ def describe(spikes: pd.DataFrame) -> str | None:
             f"{row.lowest_lr:.3g} to {row.highest_lr:.3g}: inspect those samples"
         )
     optimizer = spikes[spikes["kind"] == "optimization"]
+    if trials is not None and len(optimizer):
+        from stabsweep.records import TrialStatus
+
+        failing = trials[trials["status"].map(lambda s: TrialStatus.of(s).instability)]["trial_id"]
+        optimizer = optimizer[optimizer["trial_id"].isin(failing)]
     if len(optimizer):
         rates = sorted(optimizer["lr"].unique())
         words.append(
-            f"{len(optimizer)} spike{'s' * (len(optimizer) > 1)} of the optimizer's own (only at rate"
+            f"{len(optimizer)} spike{'s' * (len(optimizer) > 1)} of the optimizer's own in trials that failed (at rate"
             f"{'s' * (len(rates) > 1)} {', '.join(f'{r:.3g}' for r in rates[:4])}{', …' * (len(rates) > 4)})"
         )
-    return "Spikes: " + "; ".join(words) + "."
+    return "Spikes: " + "; ".join(words) + "." if words else None
 
 
-def summary_of(spikes: pd.DataFrame) -> dict[str, Any]:
+def summary_of(spikes: pd.DataFrame, trials: pd.DataFrame | None = None) -> dict[str, Any]:
     """spikes in summary.json: counts by kind and the top batches."""
     table = ranked_batches(spikes)
     return {
@@ -160,7 +167,7 @@ def summary_of(spikes: pd.DataFrame) -> dict[str, Any]:
             }
             for row in table.head(10).to_dict("records")
         ],
-        "sentence": describe(spikes),
+        "sentence": describe(spikes, trials),
     }
 
 

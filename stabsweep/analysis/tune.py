@@ -1,7 +1,8 @@
 """What ``stabsweep tune`` found: which mitigation to train with, and how much it bought.
 
 The confirm stage sweeps one grid of rates under each mitigation: ``none``, ``warmup`` (the
-warmup stage's pick), ``clip`` (the clip stage's recommended threshold) and ``both``. Each
+warmup stage's pick), ``clip`` (the clip stage's recommended threshold), ``skip`` (skipping
+the update of a spike, ``train.skip_spikes``'s rule) and ``both`` (warmup and clipping). Each
 mitigation's trials get the lr sweep's findings (``analysis/lr.py``). The choice:
 
 1. candidates are the mitigations with a feasible best rate; a clipping mitigation whose
@@ -9,7 +10,7 @@ mitigation's trials get the lr sweep's findings (``analysis/lr.py``). The choice
    steps is not a candidate: clipping that bites on most steps is a lower learning rate in
    disguise, and the playbook prefers lowering the rate;
 2. the best objective among the candidates sets the bar;
-3. the chosen one is the simplest candidate (none, then warmup, then clip, then both) whose
+3. the chosen one is the simplest candidate (none, warmup, clip, skip, then both) whose
    best objective is within ``SAME_WITHIN`` (1%) of the bar, and whose stable range (its
    unstable base rate, or past the top of the grid when none was found) is at least as wide
    as that of every simpler candidate: a fix is taken for a better loss, never at the cost of
@@ -27,7 +28,7 @@ from typing import Any
 
 from stabsweep.analysis.lr import LrFindings
 
-MITIGATIONS = ("none", "warmup", "clip", "both")  # simplest first
+MITIGATIONS = ("none", "warmup", "clip", "skip", "both")  # simplest first
 
 
 def uses_warmup(mitigation: str) -> bool:
@@ -36,6 +37,10 @@ def uses_warmup(mitigation: str) -> bool:
 
 def uses_clip(mitigation: str) -> bool:
     return mitigation in ("clip", "both")
+
+
+def uses_skip(mitigation: str) -> bool:
+    return mitigation == "skip"
 
 
 SAME_WITHIN = 0.01
@@ -141,29 +146,31 @@ def gains(choice: Choice) -> tuple[float | str | None, float | None]:
     return range_gain, objective_gain
 
 
-def describe(name: str, warmup_steps: int | None, clip_threshold: float | None) -> str:
+def describe(name: str, warmup_steps: int | None, clip_threshold: float | None, skip: Any = None) -> str:
     parts = []
+    if uses_skip(name) and skip is not None:
+        parts.append(f"skipping the update of a spike ({skip.sigma:g} σ over {skip.window} steps)")
     if uses_warmup(name) and warmup_steps:
         parts.append(f"a warmup of {warmup_steps} steps")
     if uses_clip(name) and clip_threshold:
         parts.append(f"clipping at {clip_threshold:.3g}")
-    return " with ".join(parts) or "no warmup and no clipping"
+    return " with ".join(parts) or "no warmup, no clipping and no skipping"
 
 
-def verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | None) -> str:
+def verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | None, skip: Any = None) -> str:
     """The whole procedure's answer in plain words."""
     if choice.chosen is None:
         return (
             "No mitigation trained at any rate of the grid. The playbook's next steps: a lower rate, normalisation or "
             "residual changes to the model, or a different optimizer; run stabsweep doctor first."
         )
-    text = _verdict(choice, warmup_steps, clip_threshold)
+    text = _verdict(choice, warmup_steps, clip_threshold, skip)
     if choice.trade:
         text += f" Not chosen: {choice.trade}; a fix is never taken at the cost of the stable range."
     return text
 
 
-def _verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | None) -> str:
+def _verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | None, skip: Any = None) -> str:
     before, after = choice.before.findings, choice.chosen.findings
     range_gain, _ = gains(choice)
     loss = "best eval loss" if before.objective == "best_eval_loss" else before.objective.replace("_", " ")
@@ -187,7 +194,7 @@ def _verdict(choice: Choice, warmup_steps: int | None, clip_threshold: float | N
             "plain config; for a higher rate the playbook suggests normalisation or residual changes, or another "
             "optimizer."
         )
-    what = describe(choice.chosen.name, warmup_steps, clip_threshold)
+    what = describe(choice.chosen.name, warmup_steps, clip_threshold, skip)
     text = what[0].upper() + what[1:]
     if range_gain == ">grid":
         text += f" keeps training stable across the whole grid (without it: unstable at {before.unstable_base_lr:.3g})"

@@ -63,6 +63,7 @@ __all__ = [
     "lr",
     "open_run",
     "report",
+    "spikes",
     "tune",
     "warmup",
 ]
@@ -322,6 +323,20 @@ def tune(
         markdown=markdown,
     )
     return commands.run("tune", request, multiplier=multiplier)
+
+
+def spikes(
+    run: PathLike | Result, *, sigma: float | None = None, window: int | None = None, quiet: bool = False
+) -> Result:
+    """The loss spikes of a finished run (``stabsweep spikes``; docs/contract.md, "Spikes"):
+    detected and attributed again (``sigma``, ``window``: default the run's ``detect``), written
+    to spikes.csv; the command folder's result, whose ``spikes`` DataFrame holds them."""
+    from stabsweep.api.results import read_command
+    from stabsweep.procedures import spikes as procedure
+
+    folder = run.folder if isinstance(run, Result) else Path(run)
+    found = procedure.run(folder, sigma=sigma, window=window, quiet=quiet)
+    return read_command(Path(found["folder"]))
 
 
 def report(run: PathLike, output: PathLike | None = None) -> Path:

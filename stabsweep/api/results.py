@@ -63,6 +63,16 @@ class Result:
     def evals(self) -> pd.DataFrame:
         return self._table("evals.csv")
 
+    @functools.cached_property
+    def spikes(self) -> pd.DataFrame:
+        """spikes.csv: every loss spike, its batch and its cause (data or optimization)."""
+        return self._table("spikes.csv")
+
+    @functools.cached_property
+    def sharpness(self) -> pd.DataFrame:
+        """sharpness.csv (with train.log_sharpness_every): sharpness, threshold and their ratio per step."""
+        return self._table("sharpness.csv")
+
     @property
     def config_path(self) -> Path:
         """The resolved config this command ran with (``stabsweep lr THIS_FILE`` reruns it)."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stabsweep.cli import clip, curvature, doctor, export, find, lr, report, tune, warmup
+from stabsweep.cli import clip, curvature, doctor, export, find, lr, report, spikes, tune, warmup
 from stabsweep.cli.options import Command, Group
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.command("curvature", cls=Command)(curvature.curvature)
 app.command("warmup", cls=Command)(warmup.warmup)
 app.command("clip-report", cls=Command)(clip.clip_report)
 app.command("tune", cls=Command)(tune.tune)
+app.command("spikes", cls=Command)(spikes.spikes)
 app.command("report", cls=Command)(report.report)
 app.command("export", cls=Command)(export.export)
 

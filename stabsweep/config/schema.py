@@ -117,6 +117,13 @@ class ClipConfig(_Strict):
         return self
 
 
+class SkipSpikesConfig(_Strict):
+    """train.skip_spikes: skip the update of a spike (training/skipping.py; OLMo-core's rule)."""
+
+    sigma: Float = Field(6.0, gt=0, le=1e6)  # a loss or gradient norm this many σ above the window's mean
+    window: Int = Field(128, ge=2, le=MAX_STEPS)  # the steps before it; judged once half full
+
+
 class TrainConfig(_Strict):
     steps: Int = Field(1000, ge=1, le=MAX_STEPS)  # max_train_steps
     eval_every: Int = Field(50, ge=1, le=MAX_STEPS)  # evaluate after every this many steps
@@ -127,6 +134,7 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the forward; fp16 adds a gradient scaler
     log_layers: bool = False  # per-layer gradient norm, weight norm and update ratio in layers.csv
     log_layers_every: Int = Field(10, ge=1, le=MAX_STEPS)  # ... every this many steps
+    skip_spikes: SkipSpikesConfig | None = None  # {sigma: 6, window: 128}: skip a spike's update; null: never
     log_sharpness_every: Int = Field(0, ge=0, le=MAX_STEPS)  # the Hessian's top eigenvalue every N steps; 0: never
 
     @field_validator("optimizer", "schedule", mode="before")

@@ -164,7 +164,7 @@ def run(
 
     summary = _summary(ctx, source, report, rows)
     if rows is not None:
-        ctx.add_spikes(summary, ctx.spikes(store, trials, all_steps))
+        ctx.add_spikes(summary, ctx.spikes(store, trials, all_steps), trials)
         ctx.sharpness(store, trials, summary, COMMAND)
     layers = _layers_of(lr_run, source) if lr_run is not None else None
     if layers is not None and len(layers):

@@ -40,6 +40,7 @@ def full_run(
     warmup: int = 0,
     clip: Any = _KEEP,
     steps: int | None = None,
+    skip: Any = _KEEP,
 ) -> TrialSpec:
     """A trial that trains the config's own run: its schedule after ``train.warmup_steps`` plus
     ``warmup`` more steps of linear warmup (so ``train.steps`` + both in all), its eval cadence
@@ -59,6 +60,7 @@ def full_run(
         clip=train.clip if clip is _KEEP else clip,
         columns=columns,
         run_steps=length if steps is not None else None,
+        skip=train.skip_spikes if skip is _KEEP else skip,
     )
 
 
@@ -218,11 +220,11 @@ class Context:
         found.to_csv(store.folder / SPIKES, index=False)
         return found
 
-    def add_spikes(self, summary: dict[str, Any], spikes: Any) -> None:
+    def add_spikes(self, summary: dict[str, Any], spikes: Any, trials: Any = None) -> None:
         """spikes in summary.json, and the verdict's sentence naming the data's batches."""
         from stabsweep.analysis.spikes import summary_of
 
-        summary["spikes"] = summary_of(spikes)
+        summary["spikes"] = summary_of(spikes, trials)
         if summary["spikes"]["sentence"]:
             summary["verdict"] += " " + summary["spikes"]["sentence"]
 

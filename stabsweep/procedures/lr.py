@@ -106,7 +106,7 @@ def run(ctx: Context, early_check: bool = False) -> dict[str, Any]:
         )
 
     summary = _summary(ctx, found, sweep, early, lrs)
-    ctx.add_spikes(summary, spikes)
+    ctx.add_spikes(summary, spikes, trials)
     if found_by_find is not None:
         summary.update(lr_grid_source="find", lr_grid=found_by_find["lr_grid"])
     _plot(ctx, store.folder, sweep, steps, found)

@@ -31,10 +31,11 @@ from stabsweep.analysis.tune import (
     describe,
     gains,
     uses_clip,
+    uses_skip,
     uses_warmup,
     verdict,
 )
-from stabsweep.config.schema import ClipConfig, Config
+from stabsweep.config.schema import ClipConfig, Config, SkipSpikesConfig
 from stabsweep.errors import StalePlan
 from stabsweep.procedures import clip, lr, warmup
 from stabsweep.procedures.context import Context, full_run, seeds_of
@@ -45,7 +46,9 @@ from stabsweep.results.runs import read_lr_run
 from stabsweep.workloads.factory import factory_seen_from
 
 COMMAND = "tune"
-COLORS = {"none": "0.45", "warmup": "tab:blue", "clip": "tab:orange", "both": "tab:green"}
+# The trial numbering of the confirm sweeps: skip, added last, leaves the others' ids as they were.
+NUMBERED = ("none", "warmup", "clip", "both", "skip")
+COLORS = {"none": "0.45", "warmup": "tab:blue", "clip": "tab:orange", "skip": "tab:purple", "both": "tab:green"}
 
 
 def _stage(ctx: Context, name: str, run: Any) -> dict[str, Any]:
@@ -94,6 +97,7 @@ class Picked:
     warmup_from: str = ""
     clip_from: str = ""
     notes: list[str] = field(default_factory=list)
+    skip: SkipSpikesConfig = field(default_factory=SkipSpikesConfig)  # the skip mitigation's rule
 
     def applied(self, mitigation: str) -> tuple[int | None, float | None]:
         """The warmup steps and the clip threshold a mitigation trains with (None: not that part)."""
@@ -103,7 +107,9 @@ class Picked:
         )
 
 
-def picked(run_root: Path, warmup_summary: dict[str, Any], clip_summary: dict[str, Any]) -> Picked:
+def picked(
+    run_root: Path, warmup_summary: dict[str, Any], clip_summary: dict[str, Any], skip: SkipSpikesConfig | None = None
+) -> Picked:
     """What the confirm sweeps try, by the rule of :class:`Picked`."""
     notes = []
     warmup_steps = warmup_summary.get("recommended_warmup_steps")
@@ -127,7 +133,7 @@ def picked(run_root: Path, warmup_summary: dict[str, Any], clip_summary: dict[st
             f"no clip threshold rescued the unstable rate; the confirm sweeps try {percentile} of the norms "
             f"({threshold:.3g}) at every rate"
         )
-    return Picked(warmup_steps or None, threshold, warmup_from, clip_from, notes)
+    return Picked(warmup_steps or None, threshold, warmup_from, clip_from, notes, skip or SkipSpikesConfig())
 
 
 def confirm_grid(lr_grid: list[float], best_lr: float, unstable: float, multiplier: float) -> list[float]:
@@ -145,16 +151,17 @@ def plan(config: Config, grid: list[float], pick: Picked) -> list[TrialSpec]:
     leaves out the mitigations that need it)."""
     seeds = seeds_of(config, config.lr_sweep.seeds)
     specs = []
-    for m, name in enumerate(MITIGATIONS):
+    for m, name in enumerate(NUMBERED):
         warm, clipped = pick.applied(name)
         if (uses_warmup(name) and not warm) or (uses_clip(name) and not clipped):
             continue
         columns = {"phase": "confirm", "mitigation": name, "warmup_steps": warm or 0, "clip_threshold": clipped}
         clip = ClipConfig(threshold=clipped) if clipped else config.train.clip
+        skip = pick.skip if uses_skip(name) else config.train.skip_spikes
         for k, seed in enumerate(seeds):
             for i, rate in enumerate(grid):
                 trial_id = (m * len(seeds) + k) * len(grid) + i
-                specs.append(full_run(config, trial_id, rate, seed, columns, warmup=warm or 0, clip=clip))
+                specs.append(full_run(config, trial_id, rate, seed, columns, warmup=warm or 0, clip=clip, skip=skip))
     return specs
 
 
@@ -170,7 +177,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
     clip_summary = _stage(
         ctx, "clip", lambda: clip.run(ctx, lr_run, trial_id=None, lr=None, percentile=None, sweep=True)
     )
-    pick = picked(ctx.run_root, warmup_summary, clip_summary)
+    pick = picked(ctx.run_root, warmup_summary, clip_summary, config.train.skip_spikes)
     notes = pick.notes
     for note in notes:
         ctx.console.print(note, markup=False)
@@ -223,7 +230,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         "mitigations": [m.as_dict() for m in mitigated.values()],
         "recommended_config": str(recommended_path) if recommended_path.exists() else None,
         "stability": _stability(ctx, chosen or choice.before, config.train.steps + config.train.warmup_steps),
-        "verdict": verdict(choice, used_warmup, used_clip),
+        "verdict": verdict(choice, used_warmup, used_clip, pick.skip),
         "warnings": notes,
         "rules": {
             "choice": choice.reason,
@@ -237,7 +244,7 @@ def run(ctx: Context, multiplier: float | None = None) -> dict[str, Any]:
         if recommended_path.exists()
         else f"stabsweep doctor {shlex.quote(config.source)}",
     }
-    ctx.add_spikes(summary, spikes)
+    ctx.add_spikes(summary, spikes, trials)
     ctx.sharpness(store, trials, summary, COMMAND)
     series = [
         sweep_plots.series_points(
@@ -284,6 +291,8 @@ def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, 
     train["warmup_steps"] = config.train.warmup_steps + (warmup_steps or 0)
     if clip:
         train["clip"] = {"threshold": float(f"{clip:.6g}")}
+    if uses_skip(chosen.name):
+        train["skip_spikes"] = pick.skip.model_dump()
     moved = factory_seen_from(config.workload, config.source, folder)
     if moved:  # a file path resolves from the config's folder: from the new file's now
         data["workload"]["factory"] = moved
@@ -295,7 +304,7 @@ def _recommended(config: Config, folder: Path, chosen: Mitigated, pick: Picked, 
     found = chosen.findings
     edge = "no rate of the grid" if found.unstable_base_lr is None else f"{found.unstable_base_lr:.3g}"
     header = [
-        f"# Recommended by stabsweep tune {config.source}: {describe(chosen.name, warmup_steps, clip)}.",
+        f"# Recommended by stabsweep tune {config.source}: {describe(chosen.name, warmup_steps, clip, pick.skip)}.",
         f"# The confirm sweeps trained it best at lr={best:.3g} ({found.objective} {found.best_objective:.4g}); "
         f"unstable at {edge}.",
         f"# Chosen as {choice.reason}.",

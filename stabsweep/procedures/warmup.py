@@ -170,7 +170,7 @@ def run(ctx: Context, unstable_base_lr: float, lr_run: LrRun | None) -> dict[str
         "next_command": f"stabsweep clip-report {ctx.run_root}" + (" --sweep" if recommended is None else ""),
     }
     _plot(ctx, store.folder, trials, steps, lr_run, by_rate)
-    ctx.add_spikes(summary, ctx.spikes(store, trials, steps))
+    ctx.add_spikes(summary, ctx.spikes(store, trials, steps), trials)
     ctx.sharpness(store, trials, summary, COMMAND)
     summary["warnings"] += ctx.plot_warnings
     store.write_summary(summary)

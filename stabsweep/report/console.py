@@ -76,7 +76,7 @@ def trials_table(trials: pd.DataFrame, columns: list[str], title: str, marks: di
             if column == "status":
                 text = f"[{STATUS_STYLE[TrialStatus.of(value)]}]{text}[/]"
             cells.append(text)
-        cells.append(marks.get(int(row["trial_id"]), ""))
+        cells.append(marks.get(int(row["trial_id"]), "") if "trial_id" in row else "")
         table.add_row(*cells)
     return table
 

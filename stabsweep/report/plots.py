@@ -186,6 +186,42 @@ def sharpness(frame: pd.DataFrame, trials: pd.DataFrame, path: Path, *, label: s
     return save(fig, path)
 
 
+def spikes(steps: pd.DataFrame, trials: pd.DataFrame, found: pd.DataFrame, path: Path, *, title: str = "") -> Path:
+    """Training loss per trial (coloured by its rate) with each spike marked by its cause: a
+    red ● where the data spiked (the same batch at the lowest rate too), an orange ▲ where the
+    optimizer did."""
+    import matplotlib as mpl
+
+    fig, (ax,) = figure()
+    values = trials.set_index("trial_id")["lr"].astype(float)
+    finite = values[np.isfinite(values) & (values > 0)]
+    norm = mpl.colors.LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
+    cmap = mpl.colormaps["viridis"]
+    for tid, part in steps.groupby("trial_id"):
+        value = values.get(tid, np.nan)
+        color = cmap(norm(value)) if norm is not None and np.isfinite(value) else "0.35"
+        ax.plot(part["step"], part["train_loss"].astype(float), color=color, lw=0.9, alpha=0.9)
+    marks = {
+        "data": {"marker": "o", "color": "red", "label": "spike of the data (same batch, lowest rate too)"},
+        "optimization": {"marker": "^", "color": "darkorange", "label": "spike of the optimizer"},
+    }
+    for kind, style in marks.items():
+        part = found[found["kind"] == kind] if len(found) else found
+        if len(part):
+            ax.scatter(
+                part["step"], part["loss"].astype(float), s=40, zorder=4, edgecolors="black", linewidths=0.6, **style
+            )
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    if norm is not None:
+        bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+        bar.set_label("learning rate")
+    legend(ax, loc="best")
+    return save(fig, path)
+
+
 def early_check(steps: pd.DataFrame, evals: pd.DataFrame, lr: float, path: Path, *, title: str = "") -> Path:
     """The early check: training and eval loss at every one of the first steps of the real run."""
     fig, (ax,) = figure()

@@ -54,6 +54,7 @@ from stabsweep.training.common import (
 from stabsweep.training.curvature import SharpnessLog, twice_differentiable
 from stabsweep.training.gradients import FlatGrads
 from stabsweep.training.layers import TrialLayers
+from stabsweep.training.skipping import rule_tensors, skip_rows
 from stabsweep.workloads.base import Workload
 
 
@@ -128,6 +129,8 @@ class _Trial:
         self.thresholds: list[torch.Tensor] = []
         self.evals: list[dict[str, float]] = []
         self.stream = DataStream(workload.train_data, device)
+        self.skip_losses: list[torch.Tensor] = []  # train.skip_spikes: the losses its window reads (device)
+        self.skipped = 0  # updates skipped as spikes
 
     def run(self, start: float, resume: dict[str, Any] | None, progress: Progress | None) -> TrialResult:
         grads = FlatGrads(self.params)
@@ -154,7 +157,24 @@ class _Trial:
         )
         self.checkpointer.discard()
         layers = self.layers.log(steps_run) if self.layers.every else None
+        if self.spec.skip is not None:
+            result = dataclasses.replace(result, skipped_steps=(result.skipped_steps or 0) + self.skipped)
         return dataclasses.replace(result, notes=self._notes(), layers=layers, sharpness=self.sharpness.log(0))
+
+    def _spike(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
+        """Whether train.skip_spikes skips this update (training/skipping.py); one host read per
+        step, the price of deciding in Python whether torch.optim steps."""
+        window = self.spec.skip.window
+        earlier = self.skip_losses[-window:]
+        if earlier:
+            losses = torch.stack(earlier).reshape(1, -1)
+            norms = torch.stack(self.norms[-len(earlier) - 1 : -1]).reshape(1, -1).to(losses)
+        else:
+            losses = norms = torch.empty(1, 0, device=loss.device)
+        sigma, width = rule_tensors([self.spec.skip], loss.device)
+        skip = skip_rows(losses, norms, loss.detach().reshape(1), norm.reshape(1), sigma, width, window)
+        self.skip_losses.append(loss.detach().float())
+        return bool(skip[0])
 
     def _optimizer_states(self) -> list[dict[str, Any]]:
         """Each parameter's optimizer state (empty before the first step): the preconditioner's source."""
@@ -202,7 +222,9 @@ class _Trial:
                 threshold = self.clipper.threshold(norm.reshape(1), step)[0]
                 self.thresholds.append(threshold)
                 clip_grads_with_norm_(self.params, threshold, norm)
-            if scaler is None:
+            if self.spec.skip is not None and self._spike(loss, norm):
+                self.skipped += 1  # the weights and the optimizer state stay as they were
+            elif scaler is None:
                 self.optimizer.step()
             else:  # skipped when the gradients are not finite; the scale adapts
                 scaler.step(self.optimizer)
@@ -281,6 +303,7 @@ class _Trial:
             "eval_terms": self.eval_terms.state_dict(),
             "layers": self.layers.state(),
             "sharpness": self.sharpness.records,
+            "skipped": self.skipped,
             "data": self.stream.state(),
             "rng": rng_state(self.device),
         }
@@ -295,6 +318,9 @@ class _Trial:
             self.scaler.load_state_dict(state["scaler"])
         self.step = self.synced = state["step"]
         self.losses[: self.step] = state["losses"]
+        self.skipped = state.get("skipped", 0)
+        if self.spec.skip is not None:
+            self.skip_losses = list(torch.as_tensor(self.losses[: self.step], dtype=torch.float32).unbind())
         self.step_losses = [None] * self.step  # read already; only later entries are ever read
         self.norms = list(torch.as_tensor(state["norms"], device=self.device).unbind())
         if state["thresholds"] is not None:

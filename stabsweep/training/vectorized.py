@@ -67,6 +67,7 @@ from stabsweep.training.common import (
 from stabsweep.training.curvature import SharpnessLog, twice_differentiable
 from stabsweep.training.layers import BatchLayers
 from stabsweep.training.seeds import SeedGroups
+from stabsweep.training.skipping import STEP_COUNTED, rule_tensors, skip_rows
 from stabsweep.training.vmap_support import (
     NotVectorizable,
     batchable_attention,
@@ -128,6 +129,15 @@ class TrialBatch:
         self.optimizer = build_optimizer(optimizer.name, optimizer.kwargs, [self.flat], 1.0)
         self.clipper = build_clipper([s.clip for s in specs], device)
         self.sharpness = SharpnessLog(*sharpness, optimizer, count)  # (every, iterations)
+        rules = [s.skip for s in specs]
+        self.skipping = any(rule is not None for rule in rules)
+        if self.skipping and optimizer.name in STEP_COUNTED:
+            raise NotVectorizable(
+                f"train.skip_spikes with {optimizer.name}: its update reads its step count, one per batch of trials "
+                "in torch.optim, and a skipped step must not count for one trial alone"
+            )
+        self.skip_sigma, self.skip_window = rule_tensors(rules, device)
+        self.skip_width = max((rule.window for rule in rules if rule is not None), default=2)
         self.lr_tables = [lr_schedule(s) for s in specs]
         self.max_steps = max(s.steps for s in specs)
         padded = np.stack([np.pad(t, (0, self.max_steps - t.size), constant_values=np.nan) for t in self.lr_tables])
@@ -258,6 +268,7 @@ class TrialBatch:
         self.loss_buf = torch.full((count, steps), math.nan, device=self.device)
         self.norm_buf = torch.full((count, steps), math.nan, device=self.device)
         self.threshold_buf = torch.full((count, steps), math.nan, device=self.device)
+        self.skip_buf = torch.zeros((count, steps), device=self.device)  # 1: train.skip_spikes skipped the update
         self.losses = np.full((count, steps), np.nan)  # the losses read so far, on the host
         self.evals: list[list[dict[str, float]]] = [[] for _ in self.specs]
         self.finished: list[TrialResult] = []  # results handed out so far, kept for a checkpoint
@@ -310,7 +321,20 @@ class TrialBatch:
                 self.threshold_buf[self.rows, step] = thresholds
                 scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)  # clip_grads_with_norm_'s formula
                 self.flat_grad.mul_(scale[:, None])
-            self._step(self.lr_rows[:, step])
+            skip = None
+            if self.skipping:  # train.skip_spikes: judged against the window before this step, on the device
+                start = max(0, step - self.skip_width)
+                skip = skip_rows(
+                    self.loss_buf[self.rows, start:step],
+                    self.norm_buf[self.rows, start:step],
+                    self.loss_buf[self.rows, step],
+                    norms,
+                    self.skip_sigma,
+                    self.skip_window,
+                    self.skip_width,
+                )
+                self.skip_buf[self.rows, step] = skip.float()
+            self._step(self.lr_rows[:, step], skip)
             if logging:
                 self.layers.after_step(step, self.rows, self.before, self.flat)
             self.steps_done = done = step + 1
@@ -353,11 +377,18 @@ class TrialBatch:
         return results
 
     @torch.no_grad()
-    def _step(self, lrs: torch.Tensor) -> None:
-        """torch.optim's step at lr = 1, then each trial's share of it at its own rate."""
+    def _step(self, lrs: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+        """torch.optim's step at lr = 1, then each trial's share of it at its own rate; rows
+        that ``skip`` (train.skip_spikes) keep their weights and optimizer state."""
         self.before.copy_(self.flat)
         self.flat.grad = self.flat_grad
+        state = self.optimizer.state.get(self.flat, {})
+        kept = {k: v.clone() for k, v in state.items() if _per_row(v, len(self.flat))} if skip is not None else {}
         self.optimizer.step()
+        if skip is not None:
+            lrs = torch.where(skip, torch.zeros_like(lrs), lrs)
+            for key, value in kept.items():
+                state[key].copy_(torch.where(skip.view(-1, *([1] * (value.dim() - 1))), value, state[key]))
         # before + lr·(after − before), written over `after`. Not flat.lerp_(before, 1 − lr):
         # 1 − lr rounds in float32, which shortened lr = 1e-5's step by 0.14%.
         torch.lerp(self.before, self.flat, lrs[:, None], out=self.flat)
@@ -374,6 +405,7 @@ class TrialBatch:
         self.flat.data = self.flat.data[index]  # the same tensor object: the optimizer's key for its state
         self._split_flat()
         self.lr_rows = self.lr_rows[index]
+        self.skip_sigma, self.skip_window = self.skip_sigma[index], self.skip_window[index]
         self.row_shared = {name: value[index] for name, value in self.row_shared.items()}
         self.seeds.keep(mask)
         if self.clipper is not None:
@@ -429,7 +461,13 @@ class TrialBatch:
             notes=tuple(notes),
             layers=layers,
             sharpness=self.sharpness.log(trial),
+            skipped_steps=int(self.skip_buf[trial, :steps_run].sum())
+            if self.specs[trial].skip
+            else result.skipped_steps,
         )
+
+    def _skipped(self, trial: int, steps_run: int) -> int:
+        return int(self.skip_buf[trial, :steps_run].sum())
 
     def _optimizer_states(self) -> list[dict[str, Any]]:
         """Each parameter's view [trial, *shape] of the rows' optimizer state (the preconditioner's
@@ -483,7 +521,7 @@ class TrialBatch:
             "lr_rows": self.lr_rows,
             "active": self.active,
             "rows": self.rows,
-            "buffers": [buf[:, :done] for buf in (self.loss_buf, self.norm_buf, self.threshold_buf)],
+            "buffers": [buf[:, :done] for buf in (self.loss_buf, self.norm_buf, self.threshold_buf, self.skip_buf)],
             "losses": self.losses[:, : self.synced],
             "evals": self.evals,
             "finished": [*self.finished, *handing_out],
@@ -510,7 +548,8 @@ class TrialBatch:
             self.clipper.load_state_dict(state["clipper"])
         self.lr_rows = state["lr_rows"].to(device)
         self.active, self.rows = state["active"], state["rows"].to(device)
-        for buf, saved in zip((self.loss_buf, self.norm_buf, self.threshold_buf), state["buffers"], strict=True):
+        buffers = (self.loss_buf, self.norm_buf, self.threshold_buf, self.skip_buf)
+        for buf, saved in zip(buffers, state["buffers"], strict=False):  # an older checkpoint has no skip_buf
             buf[:, : self.steps_done] = saved.to(device)
         self.losses[:, : self.synced] = state["losses"]
         self.evals = state["evals"]
@@ -522,3 +561,8 @@ class TrialBatch:
         self.sharpness.records = state.get("sharpness", self.sharpness.records)
         self.seeds.restore(state["seeds"])
         set_rng_state(state["rng"], device)
+
+
+def _per_row(value: Any, rows: int) -> bool:
+    """An optimizer state tensor with a row per trial (momentum, moment estimates), not a shared scalar."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows
