@@ -1,10 +1,14 @@
 """Loss spikes: where they are, which batch caused each, and whether the data or the optimizer did.
 
 A **spike** is a step whose training loss, or unclipped gradient norm, is more than
-``detect.spike_sigma`` (6) standard deviations above the mean of the ``detect.spike_window``
-(128) steps before it, judged once that window is half full: OLMo-core's
-``SkipStepOptimizer`` rule (its ``get_step_factor``: the mean and unbiased standard deviation
-of the earlier values, judged from half a window on), read here after the fact.
+``detect.spike_sigma`` (6) standard deviations above the ``detect.spike_window`` (128) steps
+before it, judged once that window is half full: OLMo-core's ``SkipStepOptimizer`` rule, read
+after the fact, with one change: the window's centre and spread are its median and its
+median absolute deviation (× 1.4826, σ for Gaussian noise), not its mean and standard
+deviation. An outlier batch recurs every epoch; with the mean and standard deviation the
+earlier occurrences in the window inflate σ until the later ones no longer stand out (a
+planted batch every 14 steps hides from the plain rule after the first). ``train.skip_spikes``
+keeps OLMo-core's rule exactly (``training/skipping.py``).
 
 **Attribution.** Every trial of one seed sees the same batches in the same order (the seed
 draws the data order), and a sweep trains many rates on them, which is what tells the two
@@ -58,11 +62,11 @@ def detect(steps: pd.DataFrame, trials: pd.DataFrame, sigma: float, window: int)
         hit = (loss_z > sigma) | (norm_z > sigma)
         if not hit.any():
             continue
-        mean = loss.shift(1).rolling(window, min_periods=least).mean()
-        std = loss.shift(1).rolling(window, min_periods=least).std()
         values, steps_of = loss.to_numpy(), part["step"].to_numpy()
         for i in np.flatnonzero(hit.to_numpy()):
-            level = mean.iloc[i] + std.iloc[i]
+            earlier = values[max(0, i - window) : i]
+            centre = np.nanmedian(earlier)
+            level = centre + 1.4826 * np.nanmedian(np.abs(earlier - centre))
             later = np.flatnonzero(values[i + 1 :] <= level)
             found.append(
                 {
@@ -88,11 +92,30 @@ def detect(steps: pd.DataFrame, trials: pd.DataFrame, sigma: float, window: int)
 
 
 def _z(values: pd.Series, window: int, least: int) -> pd.Series:
-    """How many standard deviations each value is above the mean of the ``window`` before it."""
-    earlier = values.shift(1).rolling(window, min_periods=least)
-    std = earlier.std()
-    z = (values - earlier.mean()) / std.where(std > 0)
-    return z.where(np.isfinite(values), np.nan).fillna(0.0)
+    """How many robust standard deviations (1.4826 × the median absolute deviation) each value
+    is above the median of the ``window`` values before it; 0 before ``least`` of them exist."""
+    x = values.to_numpy(dtype=float)
+    z = np.zeros(len(x))
+    for i in range(least, len(x)):  # the first windows grow; from `window` on they slide
+        if i >= window:
+            break
+        z[i] = _robust_z(x[i], x[:i])
+    if len(x) > window:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        earlier = sliding_window_view(x[:-1], window)  # earlier[k] = x[k : k + window], before x[k + window]
+        centre = np.nanmedian(earlier, axis=1)
+        spread = 1.4826 * np.nanmedian(np.abs(earlier - centre[:, None]), axis=1)
+        spread = np.maximum(spread, 1e-6 * np.abs(centre) + 1e-12)
+        z[window:] = (x[window:] - centre) / spread
+    z[~np.isfinite(x)] = 0.0
+    return pd.Series(np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0), index=values.index)
+
+
+def _robust_z(value: float, earlier: np.ndarray) -> float:
+    centre = np.nanmedian(earlier)
+    spread = max(1.4826 * np.nanmedian(np.abs(earlier - centre)), 1e-6 * abs(centre) + 1e-12)
+    return float((value - centre) / spread)
 
 
 def attribute(spikes: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
