@@ -42,7 +42,7 @@ def test_an_engine_bug_is_raised_not_blamed_on_the_trials(monkeypatch):
     """A bug in stabsweep's own code is neither absorbed as a slower run nor reported as every
     trial of the user failing: it is raised (the CLI's exit 1, with the traceback)."""
 
-    def broken_step(self, lrs):
+    def broken_step(self, lrs, skip=None):
         raise AttributeError("'TrialBatch' object has no attribute 'momentum_rows'")
 
     monkeypatch.setattr(TrialBatch, "_step", broken_step)
@@ -66,7 +66,7 @@ def test_an_error_of_the_users_code_in_a_batch_is_the_one_the_trial_raises_alone
 
 
 def test_what_vmap_cannot_batch_falls_back_and_says_why(monkeypatch):
-    def no_rule(self, lrs):
+    def no_rule(self, lrs, skip=None):
         raise RuntimeError("Batching rule not implemented for aten::my_op. We could not generate a fallback.")
 
     monkeypatch.setattr(TrialBatch, "_step", no_rule)

@@ -76,7 +76,7 @@ def test_one_batch_above_the_bar_that_falls_back_is_reported_as_a_spike():
 def test_a_bug_in_stabsweep_is_exit_1_with_its_traceback(write_config, tmp_path, monkeypatch):
     from stabsweep.training.vectorized import TrialBatch
 
-    def broken_step(self, lrs):
+    def broken_step(self, lrs, skip=None):
         raise AttributeError("'TrialBatch' object has no attribute 'momentum_rows'")
 
     monkeypatch.setattr(TrialBatch, "_step", broken_step)
