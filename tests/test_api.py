@@ -221,7 +221,7 @@ def test_the_notebook_example_runs_as_written(tmp_path, monkeypatch):
     namespace = {"__name__": "__main__"}
     exec(compile(source, "examples/notebook.py", "exec"), namespace)
     result = namespace["result"]
-    assert isinstance(result, stabsweep.TuneResult) and result.chosen in {"none", "warmup", "clip", "both"}
+    assert isinstance(result, stabsweep.TuneResult) and result.chosen in {"none", "warmup", "clip", "skip", "both"}
     assert result.folder.resolve() == tmp_path / "runs" / "notebook" / "tune"
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert set(result.stages) == {"lr", "warmup", "clip"}

@@ -72,7 +72,7 @@ def test_tensorboard_has_every_trial_its_steps_and_the_hparams_sessions(tuned):
     start = plugin_data_pb2.HParamsPluginData.FromString(
         tune_run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     )
-    assert start.session_start_info.hparams["mitigation"].string_value in {"none", "warmup", "clip", "both"}
+    assert start.session_start_info.hparams["mitigation"].string_value in {"none", "warmup", "clip", "skip", "both"}
 
 
 def stabsweep_status_code(status):
