@@ -47,7 +47,7 @@ def test_a_planted_outlier_batch_is_the_datas_at_every_rate_named_by_position(wr
     summary = json.loads((tmp_path / "lr" / "summary.json").read_text())
     assert summary["spikes"]["data"] == len(data)
     first = data.sort_values("step").iloc[0]
-    assert f"batch 5 of epoch {int(first['epoch'])}" in summary["verdict"]
+    assert f"batch 5 of epochs {int(first['epoch'])}, " in summary["verdict"]  # one sentence for every epoch
     assert "inspect those samples" in summary["verdict"]
     shown = runner.invoke(app, ["spikes", str(tmp_path)])
     assert shown.exit_code == 0 and "batches, by trials hit" in shown.output
@@ -85,6 +85,9 @@ def test_attribution_needs_the_lowest_rate_that_reached_the_batch():
     )
     # batch 7: two high rates, not the lowest: the optimizer's; batch 9: with the lowest rate: the data's
     assert list(attribute(spikes, trials)) == ["optimization", "optimization", "data", "data"]
+    # one rate (a clip sweep: thresholds differ, the rate does not): no evidence of the data
+    same_rate = trials.assign(lr=0.3)
+    assert set(attribute(spikes.assign(lr=0.3), same_rate)) == {"optimization"}
 
 
 def test_detection_follows_olmo_cores_rolling_rule():

@@ -14,9 +14,14 @@ keeps OLMo-core's rule exactly (``training/skipping.py``).
 draws the data order), and a sweep trains many rates on them, which is what tells the two
 causes apart (module of record: this one):
 
-* **data**: the same batch (seed, epoch, index) spikes in at least two trials, the lowest
-  rate that reached that batch among them: a batch that hurts even at the lowest rate is an
-  outlier in the data, not a rate too high;
+* **data**: the same batch (seed, epoch, index) spikes in trials of at least two rates, the
+  lowest rate that reached that batch among them: a batch that hurts even at the lowest rate
+  is an outlier in the data, not a rate too high. Trials of one rate (a clip sweep's, say)
+  follow the same dynamics until their settings part them, so their spiking together is no
+  evidence: such spikes stay the optimizer's. And a spike at the lowest rate that reached
+  its step, at a batch position (seed, index) already found to be the data's in another
+  epoch, is the data's too: an unshuffled stream repeats its bad batch every epoch, and a
+  higher rate may have fit it by then;
 * **optimization**: every other spike, a high rate's own (different batches, or not the
   lowest rate).
 
@@ -123,12 +128,21 @@ def attribute(spikes: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
     kinds = pd.Series("optimization", index=spikes.index)
     reached = trials.assign(seed=trials.get("seed", 0))
     for (seed, _epoch, _batch, step), group in spikes.groupby(["seed", "epoch", "batch", "step"], dropna=False):
-        if group["trial_id"].nunique() < 2:
+        if group["lr"].nunique() < 2:  # one rate (a clip sweep's trials): the same dynamics, no evidence
             continue
         there = reached[(reached["seed"] == seed) & (reached["steps_run"] >= step)]
         lowest = float(there["lr"].min()) if len(there) else np.inf
         if float(group["lr"].min()) <= lowest:
             kinds[group.index] = "data"
+    # a position found bad once and spiking again at the lowest rate that reached it: the same
+    # batch again (an unshuffled stream repeats its bad batch every epoch)
+    bad = {(s, b) for s, b in zip(spikes["seed"][kinds == "data"], spikes["batch"][kinds == "data"], strict=True)}
+    for index, row in spikes[kinds == "optimization"].iterrows():
+        if (row["seed"], row["batch"]) not in bad:
+            continue
+        there = reached[(reached["seed"] == row["seed"]) & (reached["steps_run"] >= row["step"])]
+        if len(there) and float(row["lr"]) <= float(there["lr"].min()):
+            kinds[index] = "data"
     return kinds
 
 
@@ -155,11 +169,17 @@ def describe(spikes: pd.DataFrame, trials: pd.DataFrame | None = None) -> str | 
     table = ranked_batches(spikes)
     data = table[table["kind"] == "data"]
     words = []
-    for row in data.head(3).itertuples():
-        where = f"batch {int(row.batch)}" + (f" of epoch {int(row.epoch)}" if row.epoch == row.epoch else "")
+    # one sentence per batch position: an unshuffled stream repeats its bad batch every epoch
+    for (_, batch), group in list(data.groupby(["seed", "batch"], sort=False))[:3]:
+        epochs = [int(e) for e in group["epoch"] if e == e]
+        where = f"batch {int(batch)}"
+        if epochs:
+            shown = ", ".join(map(str, epochs[:4])) + (", …" if len(epochs) > 4 else "")
+            where += f" of epoch{'s' * (len(epochs) > 1)} {shown}"
+        steps = ", ".join(str(int(x)) for x in group["step"][:4]) + (", …" if len(group) > 4 else "")
         words.append(
-            f"{where} (step {int(row.step)}) spiked in {int(row.trials)} trials, at every rate from "
-            f"{row.lowest_lr:.3g} to {row.highest_lr:.3g}: inspect those samples"
+            f"{where} (step{'s' * (len(group) > 1)} {steps}) spiked at every rate from "
+            f"{group['lowest_lr'].min():.3g} to {group['highest_lr'].max():.3g}: inspect those samples"
         )
     optimizer = spikes[spikes["kind"] == "optimization"]
     if trials is not None and len(optimizer):
