@@ -71,6 +71,21 @@ def test_a_high_rates_spikes_are_the_optimizers(tmp_path):
     assert "of the optimizer's own in trials that failed (at rate 0.316)" in result.verdict
 
 
+@pytest.mark.slow
+def test_one_rate_spiking_at_a_batch_that_is_an_outlier_at_init_is_the_datas(write_config, tmp_path, monkeypatch):
+    """With one rate there is no second trial to compare: the batch's loss at initialisation
+    (doctor's batch_outliers rule) decides, for a spike in epoch 0."""
+    monkeypatch.chdir(ROOT)
+    config = OUTLIER.replace("lrs: [0.0001, 0.001, 0.01]", "lrs: [0.001]").replace("steps: 160", "steps: 12")
+    config = config.replace("scale: 30.0", "scale: 300.0")  # a loss at init 10× the median batch's or more
+    config += "detect: {spike_window: 8}\n"
+    result = runner.invoke(app, ["lr", str(write_config(config)), "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    spikes = pd.read_csv(tmp_path / "lr" / "spikes.csv")
+    at_five = spikes[(spikes["epoch"] == 0) & (spikes["batch"] == 5)]
+    assert len(at_five) == 1 and at_five["kind"].iloc[0] == "data"
+
+
 def test_attribution_needs_the_lowest_rate_that_reached_the_batch():
     trials = pd.DataFrame({"trial_id": [0, 1, 2], "lr": [0.01, 0.1, 1.0], "seed": [0, 0, 0], "steps_run": [50] * 3})
     spikes = pd.DataFrame(

@@ -143,6 +143,15 @@ def overfit_one_batch(
     return Check("overfit_one_batch", status, measured, expected, advice)
 
 
+def outlier_batches(losses: list[float], factor: float) -> list[int]:
+    """The indices of the batches whose loss at init is ``factor`` × the median batch's or more,
+    or not finite (doctor's batch_outliers, and a spike's attribution in analysis/spikes.py)."""
+    values = np.asarray(losses, dtype=float)
+    finite = values[np.isfinite(values)]
+    median = float(np.median(finite)) if finite.size else math.nan
+    return [i for i, v in enumerate(values) if not math.isfinite(v) or (median > 0 and v >= factor * median)]
+
+
 def batch_outliers(losses: list[float], total: int | None, seconds: float, stopped: str | None, factor: float) -> Check:
     """The batches whose loss at init is ``factor`` × the median batch's or more, or not finite."""
     expected = f"every batch's loss at init under {factor:g}× the median batch's"
@@ -153,7 +162,7 @@ def batch_outliers(losses: list[float], total: int | None, seconds: float, stopp
     median = float(np.median(finite)) if finite.size else math.nan
     scanned = f"{len(losses)} of {total} batches" if total else f"{len(losses)} batches"
     scanned += f" in {seconds:.1f} s" + (f" (stopped after {stopped})" if stopped else "")
-    bad = [i for i, v in enumerate(values) if not math.isfinite(v) or (median > 0 and v >= factor * median)]
+    bad = outlier_batches(losses, factor)
     if not bad:
         top = float(finite.max() / median) if finite.size and median > 0 else math.nan
         return Check("batch_outliers", PASS, f"{scanned}; the largest loss is {top:.3g}× the median", expected, "")

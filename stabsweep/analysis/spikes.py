@@ -22,6 +22,10 @@ causes apart (module of record: this one):
   its step, at a batch position (seed, index) already found to be the data's in another
   epoch, is the data's too: an unshuffled stream repeats its bad batch every epoch, and a
   higher rate may have fit it by then;
+* **data** too: a spike in epoch 0 at a batch whose loss at initialisation is an outlier
+  (doctor's ``batch_outliers`` rule: ``doctor.outlier_factor`` × the median batch's), found by
+  a forward pass of the untrained model over the first epoch up to that batch (in data order,
+  within ``doctor.scan_seconds``);
 * **optimization**: every other spike, a high rate's own (different batches, or not the
   lowest rate).
 
@@ -144,6 +148,17 @@ def attribute(spikes: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
         if len(there) and float(row["lr"]) <= float(there["lr"].min()):
             kinds[index] = "data"
     return kinds
+
+
+def mark_init_outliers(spikes: pd.DataFrame, outliers: dict[int, set[int]]) -> pd.DataFrame:
+    """Spikes in epoch 0 at a batch whose loss at initialisation is an outlier (``outliers``:
+    seed -> batch indices of epoch 0, by doctor's batch_outliers rule) are the data's."""
+    if not len(spikes) or not outliers:
+        return spikes
+    hit = spikes.apply(
+        lambda row: row["epoch"] == 0 and int(row["batch"]) in outliers.get(int(row["seed"]), set()), axis=1
+    )
+    return spikes.assign(kind=spikes["kind"].where(~hit, "data"))
 
 
 def ranked_batches(spikes: pd.DataFrame) -> pd.DataFrame:

@@ -211,13 +211,41 @@ class Context:
 
     def spikes(self, store: ResultsStore, trials: Any, steps: Any) -> Any:
         """The spikes of these trials (analysis/spikes.py), written to spikes.csv; the frame."""
-        from stabsweep.analysis.spikes import detect
+        from stabsweep.analysis.spikes import detect, mark_init_outliers
         from stabsweep.results.store import SPIKES
 
         detect_config = self.config.detect
         own = steps[steps["trial_id"].isin(trials["trial_id"])] if len(steps) else steps
         found = detect(own, trials, detect_config.spike_sigma, detect_config.spike_window)
+        found = mark_init_outliers(found, self._init_outliers(found))
         found.to_csv(store.folder / SPIKES, index=False)
+        return found
+
+    def _init_outliers(self, spikes: Any) -> dict[int, set[int]]:
+        """For each seed with a spike of the optimizer's in epoch 0: the batches of epoch 0 (up to
+        the last such spike) whose loss at initialisation is an outlier (training/diagnostics.py's
+        scan, doctor's rule). A side feature: a scan that raises leaves the attribution as it was."""
+        if not len(spikes):
+            return {}
+        first_epoch = spikes[(spikes["kind"] == "optimization") & (spikes["epoch"] == 0)]
+        if not len(first_epoch):
+            return {}
+        import torch
+
+        from stabsweep.analysis.doctor import outlier_batches
+        from stabsweep.training.diagnostics import scan_batches
+
+        doctor, found = self.config.doctor, {}
+        for seed, part in first_epoch.groupby("seed"):
+            try:
+                job = self.job()
+                device = torch.device(job.device)
+                workload = job.factory(int(seed))
+                workload.model.to(device)
+                scan = scan_batches(workload, device, doctor.scan_seconds, int(part["batch"].max()) + 1)
+            except Exception:  # noqa: BLE001 - the attribution is a side feature: it never fails a command
+                continue
+            found[int(seed)] = set(outlier_batches(scan.losses, doctor.outlier_factor))
         return found
 
     def add_spikes(self, summary: dict[str, Any], spikes: Any, trials: Any = None) -> None:
