@@ -67,7 +67,9 @@ class CommonOptions:
     ] = None
     executor: Annotated[
         ExecutorName | None,
-        typer.Option("--executor", help="local, process (a worker per core or GPU) or ray (execution.executor)."),
+        typer.Option(
+            "--executor", help="local, process (a worker per core or GPU), ray or slurm (execution.executor)."
+        ),
     ] = None
     workers: Annotated[
         int | None,

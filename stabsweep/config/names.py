@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 EngineName = Literal["auto", "vectorized", "sequential"]  # how a batch of trials runs
-ExecutorName = Literal["local", "process", "ray"]  # where trials run
+ExecutorName = Literal["local", "process", "ray", "slurm"]  # where trials run
 Tracker = Literal["tensorboard", "mlflow"]  # where export and --log-to write a run
 SEEDS_KEYS = {  # the config keys --seeds (the API's seeds=) sets, per command
     "lr": ("lr_sweep.seeds",),

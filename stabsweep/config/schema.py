@@ -337,6 +337,19 @@ class RayConfig(_Strict):
     trials_per_task: Int | None = Field(None, ge=1, le=MAX_COUNT)  # default: split over the cluster's free slots
 
 
+class SlurmConfig(_Strict):
+    """The slurm executor: the units of a sweep as one job array through submitit."""
+
+    cluster: Literal["slurm", "local", "debug"] = "slurm"  # submitit's: local and debug try a set-up on this machine
+    partition: str | None = None  # sbatch --partition
+    time_min: Int = Field(60, ge=1, le=525_600)  # each job's time limit, minutes
+    gpus_per_task: Int = Field(0, ge=0, le=64)  # GPUs per job (trials then run on cuda)
+    cpus_per_task: Int = Field(1, ge=1, le=1024)
+    array_parallelism: Int = Field(64, ge=1, le=100_000)  # jobs of the array running at once
+    trials_per_task: Int | None = Field(None, ge=1, le=MAX_COUNT)  # default: a job per array_parallelism share
+    additional: dict[str, Any] = Field(default_factory=dict)  # extra sbatch options, e.g. {account: x, qos: y}
+
+
 class CurvatureConfig(_Strict):
     """The curvature probe (stabsweep curvature) and sharpness along training (train.log_sharpness_every)."""
 
@@ -355,6 +368,7 @@ class ExecutionConfig(_Strict):
     workers: Int | None = Field(None, ge=1, le=4096)  # process: default one per GPU, else one per core
     checkpoint_every: Float = Field(300.0, ge=0, le=1e7)  # seconds between saves of a running batch; 0: never
     ray: RayConfig = Field(default_factory=RayConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
 class Config(_Strict):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from stabsweep.config.schema import Config
     from stabsweep.engine.ray_executor import RayExecutor
+    from stabsweep.engine.slurm_executor import SlurmExecutor
     from stabsweep.records import TrialResult
 
 
@@ -88,7 +89,7 @@ class Context:
         return self.options.out or Path("runs") / self.config.name
 
     @property
-    def executor(self) -> LocalExecutor | ProcessExecutor | RayExecutor:
+    def executor(self) -> LocalExecutor | ProcessExecutor | RayExecutor | SlurmExecutor:
         execution = self.config.execution
         if execution.executor == "process":
             return ProcessExecutor(execution.workers)
@@ -96,6 +97,10 @@ class Context:
             from stabsweep.engine.ray_executor import RayExecutor
 
             return RayExecutor(execution.ray)
+        if execution.executor == "slurm":
+            from stabsweep.engine.slurm_executor import SlurmExecutor
+
+            return SlurmExecutor(execution.slurm, self.run_root / "slurm")
         return LocalExecutor()
 
     def job(self) -> TrialJob:

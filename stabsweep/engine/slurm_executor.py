@@ -1,0 +1,102 @@
+"""The slurm executor: a sweep's units as one SLURM job array, submitted through submitit.
+
+submitit is how PyTorch research code submits to SLURM from Python; its ``AutoExecutor``
+also runs the same array on this machine (``cluster: local``, a process per job) or in this
+process (``cluster: debug``), which is how the tests run it without SLURM. Each job runs one
+unit (``engine/executors.py``'s ``run_unit``: a vectorized batch, or one trial with the
+sequential engine) and returns its results; the command waits, writing each job's trials as
+the job finishes. A job that fails, times out or is cancelled (preempted) loses only its own
+trials: they are not written, the rest are, and the command ends with exit 2 saying which
+were lost, so ``--resume`` reruns exactly those. submitit writes each job's logs and pickles
+under ``RUN/slurm/`` (on storage every node sees: the run folder). An optional extra:
+``pip install 'stabsweep[slurm]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stabsweep.engine.executors import run_unit, split
+from stabsweep.errors import UserError
+
+if TYPE_CHECKING:
+    from stabsweep.config.schema import SlurmConfig
+    from stabsweep.records import TrialJob, TrialResult, TrialSpec
+
+POLL_S = 0.5  # how often the driver looks at its jobs (submitit caches squeue's answers itself)
+
+
+class SlurmExecutor:
+    """Trials as one job array; each job runs its share as one batch."""
+
+    def __init__(self, config: SlurmConfig, folder: Path) -> None:
+        self.config, self.folder = config, folder
+
+    def run(self, specs: list[TrialSpec], job: TrialJob, progress: Any = None) -> Iterator[TrialResult]:
+        """Submit, then yield each job's results as it finishes; raise UserError naming the
+        trials lost with failed or cancelled jobs once the others are in."""
+        if not specs:
+            return
+        try:
+            import submitit
+        except ImportError:
+            raise UserError(
+                "execution.executor: 'slurm' needs submitit; install it with pip install 'stabsweep[slurm]'"
+            ) from None
+        config = self.config
+        job = dataclasses.replace(job, device="cuda" if config.gpus_per_task > 0 else "cpu")
+        parts = math.ceil(len(specs) / config.trials_per_task) if config.trials_per_task else config.array_parallelism
+        units = split(specs, parts, job)
+        executor = submitit.AutoExecutor(folder=self.folder, cluster=config.cluster)
+        executor.update_parameters(**self.parameters())
+        jobs = executor.map_array(run_unit, units, [job] * len(units))
+        pending = dict(zip(jobs, units, strict=True))
+        lost: list[tuple[str, list[TrialSpec], BaseException]] = []
+        try:
+            while pending:
+                for submitted in list(pending):
+                    try:  # the debug cluster runs the job inside done(): its error may surface there
+                        if not submitted.done():
+                            continue
+                        results = submitted.result()
+                    except Exception as exc:  # noqa: BLE001 - a failed, timed-out or cancelled job: its trials are lost
+                        lost.append((str(submitted.job_id), pending.pop(submitted), exc))
+                        continue
+                    pending.pop(submitted)
+                    yield from results
+                if pending:
+                    time.sleep(POLL_S)
+        finally:
+            for submitted in pending:  # interrupted: do not leave the array running
+                submitted.cancel(check=False)
+        if lost:
+            trials = sorted(spec.trial_id for _, unit, _ in lost for spec in unit)
+            first = lost[0]
+            raise UserError(
+                f"{len(trials)} trial{'s' * (len(trials) > 1)} ({', '.join(map(str, trials[:10]))}"
+                f"{', …' * (len(trials) > 10)}) lost with {len(lost)} SLURM job{'s' * (len(lost) > 1)} that did not "
+                f"finish (job {first[0]}: {type(first[2]).__name__}: {str(first[2]).splitlines()[0][:200]}); the "
+                f"finished trials are saved: rerun with --resume to run only the lost ones (logs in {self.folder})"
+            )
+
+    def parameters(self) -> dict[str, Any]:
+        """submitit's parameters: the generic ones, and SLURM's own for the slurm cluster."""
+        config = self.config
+        params: dict[str, Any] = {
+            "timeout_min": config.time_min,
+            "cpus_per_task": config.cpus_per_task,
+            "slurm_array_parallelism": config.array_parallelism,
+        }
+        if config.gpus_per_task:
+            params["gpus_per_node"] = config.gpus_per_task
+        if config.cluster == "slurm":
+            if config.partition:
+                params["slurm_partition"] = config.partition
+            if config.additional:
+                params["slurm_additional_parameters"] = dict(config.additional)
+        return params

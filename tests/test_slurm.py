@@ -1,0 +1,88 @@
+"""The slurm executor (docs/contract.md, "Executors"): a sweep as a submitit job array, tried
+with submitit's own local executor (a process per job) and its debug executor (in this
+process), so no SLURM is needed; results equal the local run's, a lost job's trials come back
+with --resume, and bad cluster settings are exit 2 naming the key."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from typer.testing import CliRunner
+
+from stabsweep.cli import app
+
+from .conftest import CONFIGS
+from .sweep_files import assert_same_sweep, sweep_files
+
+runner = CliRunner()
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason="submitit is not installed")
+
+
+def sweep(out, *args):
+    return runner.invoke(app, ["lr", str(CONFIGS / "smoke.yaml"), "--out", str(out), "--quiet", *args])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_a_job_array_gives_the_local_runs_results(tmp_path, cluster):
+    assert sweep(tmp_path / "here").exit_code == 0
+    result = sweep(
+        tmp_path / "array",
+        "--executor",
+        "slurm",
+        "--set",
+        f"execution.slurm.cluster={cluster}",
+        "--set",
+        "execution.slurm.array_parallelism=3",
+    )
+    assert result.exit_code == 0, result.output
+    assert_same_sweep(sweep_files(tmp_path / "array" / "lr"), sweep_files(tmp_path / "here" / "lr"))
+    logs = list((tmp_path / "array" / "slurm").glob("*_log.out"))
+    assert len(logs) == 3  # one job per share of the array, each with its log
+
+
+@pytest.mark.slow
+def test_a_lost_job_loses_only_its_trials_and_resume_runs_them(tmp_path, monkeypatch):
+    from stabsweep.engine import executors, slurm_executor
+
+    real = executors.run_unit
+
+    def preempted(specs, job):
+        if any(spec.trial_id == 0 for spec in specs):
+            raise RuntimeError("job 42 CANCELLED due to preemption")
+        return real(specs, job)
+
+    monkeypatch.setattr(slurm_executor, "run_unit", preempted)
+    args = [
+        "--executor",
+        "slurm",
+        "--set",
+        "execution.slurm.cluster=debug",
+        "--set",
+        "execution.slurm.array_parallelism=3",
+    ]
+    result = sweep(tmp_path, *args)
+    assert result.exit_code == 2
+    assert "lost with 1 SLURM job that did not finish" in result.output and "--resume" in result.output
+    done = (tmp_path / "lr" / "trials.csv").read_text().splitlines()
+    assert len(done) == 1 + 4  # the header, and the trials of the two jobs that finished
+    monkeypatch.setattr(slurm_executor, "run_unit", real)
+    resumed = sweep(tmp_path, *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert sweep(tmp_path / "here").exit_code == 0
+    assert_same_sweep(sweep_files(tmp_path / "lr"), sweep_files(tmp_path / "here" / "lr"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("execution.slurm.cluster=pbs", "execution.slurm.cluster"),
+        ("execution.slurm.time_min=0", "execution.slurm.time_min"),
+        ("execution.slurm.partitions=gpu", "execution.slurm.partitions: unknown key (did you mean 'partition'?)"),
+    ],
+)
+def test_bad_cluster_settings_are_exit_2_naming_the_key(tmp_path, setting, words):
+    result = sweep(tmp_path, "--executor", "slurm", "--set", setting)
+    assert result.exit_code == 2
+    assert words in result.output and "Traceback" not in result.output
