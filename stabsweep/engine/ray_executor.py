@@ -30,6 +30,7 @@ class RayExecutor:
 
     def __init__(self, config: RayConfig) -> None:
         self.config = config
+        self.placements: dict[int, str] = {}  # trial id -> the Ray node that ran it
 
     def run(self, specs: list[TrialSpec], job: TrialJob, progress: object = None) -> Iterator[TrialResult]:
         """Ray tasks report when they finish; their steps are not followed (``progress`` is unused)."""
@@ -42,14 +43,15 @@ class RayExecutor:
         # Ray gives a GPU task its GPU as CUDA_VISIBLE_DEVICES; the driver may have none.
         job = dataclasses.replace(job, device="cuda" if self.config.num_gpus > 0 else "cpu")
         units = split(specs, self._parallel_tasks(ray, len(specs)), job)
-        task = ray.remote(run_unit).options(**resources)
+        task = ray.remote(run_unit_on_node).options(**resources)
         pending = {task.remote(unit, job): unit for unit in units}
         try:
             while pending:
                 [ready], _ = ray.wait(list(pending), num_returns=1)
                 unit = pending.pop(ready)
                 try:
-                    results = ray.get(ready)
+                    node, results = ray.get(ready)
+                    self.placements.update({spec.trial_id: node for spec in unit})
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
                     results = lost(unit, exc)
                 yield from results
@@ -65,6 +67,13 @@ class RayExecutor:
         if self.config.num_gpus > 0:
             slots = min(slots, available.get("GPU", 0) / self.config.num_gpus)
         return max(1, int(slots))
+
+
+def run_unit_on_node(specs: list[TrialSpec], job: TrialJob) -> tuple[str, list[TrialResult]]:
+    """A Ray task: its share of the trials, and the node it ran on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), run_unit(specs, job)
 
 
 def connect(address: str | None) -> object:
