@@ -81,7 +81,7 @@ def test_auto_engine_says_why_trials_run_one_at_a_time_before_they_start(write_c
 
 
 def test_bad_execution_settings_are_config_errors(write_config):
-    config = write_config("name: t\nworkload: {name: mlp}\nexecution: {executor: slurm}\n")
+    config = write_config("name: t\nworkload: {name: mlp}\nexecution: {executor: kubernetes}\n")
     result = runner.invoke(app, ["lr", str(config)])
     assert result.exit_code == 2 and "execution.executor" in result.output
     result = runner.invoke(app, ["lr", str(config), "--executor", "nope"])

@@ -74,6 +74,17 @@ def test_a_lost_job_loses_only_its_trials_and_resume_runs_them(tmp_path, monkeyp
     assert_same_sweep(sweep_files(tmp_path / "lr"), sweep_files(tmp_path / "here" / "lr"))
 
 
+def test_slurm_without_slurm_here_is_exit_2_pointing_to_the_local_cluster(tmp_path):
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM")
+    result = sweep(tmp_path, "--executor", "slurm")
+    assert result.exit_code == 2, result.output
+    assert "execution.slurm.cluster: slurm, but this machine has no SLURM" in result.output
+    assert "execution.slurm.cluster to local" in result.output
+
+
 @pytest.mark.parametrize(
     ("setting", "words"),
     [

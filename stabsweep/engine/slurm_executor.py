@@ -52,7 +52,13 @@ class SlurmExecutor:
         job = dataclasses.replace(job, device="cuda" if config.gpus_per_task > 0 else "cpu")
         parts = math.ceil(len(specs) / config.trials_per_task) if config.trials_per_task else config.array_parallelism
         units = split(specs, parts, job)
-        executor = submitit.AutoExecutor(folder=self.folder, cluster=config.cluster)
+        try:
+            executor = submitit.AutoExecutor(folder=self.folder, cluster=config.cluster)
+        except RuntimeError as exc:  # submitit's: no srun/sbatch here
+            raise UserError(
+                f"execution.slurm.cluster: slurm, but this machine has no SLURM ({exc}); run from a SLURM login "
+                "node, or set execution.slurm.cluster to local (a process per job here) to try the set-up"
+            ) from None
         executor.update_parameters(**self.parameters())
         jobs = executor.map_array(run_unit, units, [job] * len(units))
         pending = dict(zip(jobs, units, strict=True))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -74,6 +74,17 @@ def log_x(ax: Axes, values: pd.Series | np.ndarray) -> None:
         ax.set_xlim(positive.min() / 1.6, positive.max() * 1.6)
 
 
+def rate_colours(trials: pd.DataFrame, label: str) -> tuple[pd.Series, Any, Any]:
+    """Each trial's ``label`` (trial id -> value), and the log colour scale over its positive
+    values (None when they do not span a range) with the colour map every curve plot uses."""
+    import matplotlib as mpl
+
+    values = trials.set_index("trial_id")[label].astype(float)
+    finite = values[np.isfinite(values) & (values > 0)]
+    norm = mpl.colors.LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
+    return values, norm, mpl.colormaps["viridis"]
+
+
 def legend(ax: Axes, **kwargs: object) -> None:
     """A legend only when something is labelled: no empty boxes, no entries without marks."""
     if ax.get_legend_handles_labels()[0]:
@@ -102,10 +113,7 @@ def step_curves(
     import matplotlib as mpl
 
     fig, (ax,) = figure()
-    values = trials.set_index("trial_id")[label].astype(float)
-    finite = values[np.isfinite(values) & (values > 0)]
-    norm = mpl.colors.LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
-    cmap = mpl.colormaps["viridis"]
+    values, norm, cmap = rate_colours(trials, label)
     statuses = trials.set_index("trial_id")["status"].map(TrialStatus.of).to_dict()
     emphasis = set(above_ids or [])
     drawn_best = False
@@ -154,10 +162,7 @@ def sharpness(frame: pd.DataFrame, trials: pd.DataFrame, path: Path, *, label: s
     import matplotlib as mpl
 
     fig, (ax,) = figure()
-    values = trials.set_index("trial_id")[label].astype(float)
-    finite = values[np.isfinite(values) & (values > 0)]
-    norm = mpl.colors.LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
-    cmap = mpl.colormaps["viridis"]
+    values, norm, cmap = rate_colours(trials, label)
     statuses = trials.set_index("trial_id")["status"].map(TrialStatus.of).to_dict()
     for tid, part in frame.groupby("trial_id"):
         value = values.get(tid, np.nan)
@@ -193,10 +198,7 @@ def spikes(steps: pd.DataFrame, trials: pd.DataFrame, found: pd.DataFrame, path:
     import matplotlib as mpl
 
     fig, (ax,) = figure()
-    values = trials.set_index("trial_id")["lr"].astype(float)
-    finite = values[np.isfinite(values) & (values > 0)]
-    norm = mpl.colors.LogNorm(finite.min(), finite.max()) if len(finite) and finite.min() < finite.max() else None
-    cmap = mpl.colormaps["viridis"]
+    values, norm, cmap = rate_colours(trials, "lr")
     for tid, part in steps.groupby("trial_id"):
         value = values.get(tid, np.nan)
         color = cmap(norm(value)) if norm is not None and np.isfinite(value) else "0.35"
