@@ -116,20 +116,18 @@ def request(
         for key, leaf in _flatten(name.replace("__", "."), value):
             keys[key] = leaf
             keys.origins[key] = f"{name}="
-    flags = {
-        **{key: seeds for key in SEEDS_KEYS.get(command, ())},
-        "device": device,
-        "execution.engine": engine,
-        "execution.executor": executor,
-        "execution.workers": workers,
-        "execution.ray.address": ray_address,
+    flags = {  # config key -> (the keyword that sets it, its value)
+        **{key: ("seeds", seeds) for key in SEEDS_KEYS.get(command, ())},
+        "device": ("device", device),
+        "execution.engine": ("engine", engine),
+        "execution.executor": ("executor", executor),
+        "execution.workers": ("workers", workers),
+        "execution.ray.address": ("ray_address", ray_address),
     }
-    names = {"execution.engine": "engine", "execution.executor": "executor", "execution.workers": "workers"}
-    names["execution.ray.address"] = "ray_address"
-    for key, value in flags.items():
+    for key, (name, value) in flags.items():
         if value is not None:
             keys[key] = value
-            keys.origins[key] = f"{names.get(key, 'seeds' if key.endswith('seeds') else key)}="
+            keys.origins[key] = f"{name}="
     trackers = (log_to,) if isinstance(log_to, str) else tuple(log_to or ())
     return Request(
         config=config,

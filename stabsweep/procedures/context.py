@@ -241,14 +241,17 @@ class Context:
         from stabsweep.training.diagnostics import scan_batches
 
         doctor, found = self.config.doctor, {}
+        try:
+            job = self.job()
+        except Exception:  # noqa: BLE001 - the attribution is a side feature: it never fails a command
+            return found
+        device = torch.device(job.device)
         for seed, part in first_epoch.groupby("seed"):
             try:
-                job = self.job()
-                device = torch.device(job.device)
                 workload = job.factory(int(seed))
                 workload.model.to(device)
                 scan = scan_batches(workload, device, doctor.scan_seconds, int(part["batch"].max()) + 1)
-            except Exception:  # noqa: BLE001 - the attribution is a side feature: it never fails a command
+            except Exception:  # noqa: BLE001 - as above
                 continue
             found[int(seed)] = set(outlier_batches(scan.losses, doctor.outlier_factor))
         return found
@@ -280,7 +283,11 @@ class Context:
         if found["sentence"]:
             summary["verdict"] += " " + found["sentence"]
         first_seed = trials[trials["seed"] == trials["seed"].min()] if "seed" in trials else trials
-        label = "lr" if "base_lr" not in trials else "base_lr"
+        # colour by what the trials differ in: the rate, else the warmup (a warmup sweep), else the clip threshold
+        label = next(
+            (c for c in ("lr", "warmup_steps", "clip_threshold") if c in first_seed and first_seed[c].nunique() > 1),
+            "lr",
+        )
         self.plot(
             plots.sharpness,
             frame[frame["trial_id"].isin(first_seed["trial_id"])],

@@ -39,7 +39,8 @@ def export(stages: list[Stage], root: Path) -> str:
     from mlflow.tracking import MlflowClient
 
     quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..." on stderr
-    level, _ = quiet.level, quiet.setLevel(logging.WARNING)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         return _export(MlflowClient, stages, root)
     finally:
