@@ -1,10 +1,12 @@
 """The Ray executor on a multi-node cluster: a head and two worker nodes started here with Ray's
 own ``ray.cluster_utils.Cluster``, every node on loopback. The sweep's tasks spread over the
-nodes and its results equal the local run's."""
+nodes, report their steps while they run, and give the local run's results; a worker node
+removed mid-sweep costs nothing: its task runs again on the other node from its checkpoint."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -13,7 +15,9 @@ from .sweep_files import assert_same_sweep
 
 
 @pytest.fixture
-def cluster():
+def cluster(request):
+    """A head and worker nodes: by default a head and two workers of one CPU each; a test's
+    ``cluster_layout(head_cpus, workers)`` mark says otherwise (``workers``: each one's CPUs)."""
     import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
@@ -24,10 +28,12 @@ def cluster():
     saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     ray_constants.ENABLE_RAY_CLUSTER = False
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    mark = request.node.get_closest_marker("cluster_layout")
+    head_cpus, workers = mark.args if mark else (1, (1, 1))
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
     try:
-        for _ in range(2):
-            nodes.add_node(num_cpus=1)
+        for cpus in workers:
+            nodes.add_node(num_cpus=cpus)
         nodes.wait_for_nodes()
         yield nodes
     finally:
@@ -84,8 +90,73 @@ def test_a_sweep_spreads_over_the_nodes_and_equals_the_local_run(cluster):
     ctx = Context(config, RunOptions(quiet=True), make_console(quiet=True))
     job, specs = ctx.job(), lr.plan(config)
     executor = RayExecutor(RayConfig(address=cluster.address))
-    remote = list(executor.run(specs, job))
+    heard = []
+    remote = list(executor.run(specs, job, lambda *report: heard.append(report)))
     assert len(ray.nodes()) == 3 and all(n["NodeManagerAddress"] == "127.0.0.1" for n in ray.nodes())
     assert len(set(executor.placements.values())) == 3  # one task per node's CPU: every node ran trials
+    # the running tasks' steps came back while they ran, each task's steps in order; a finished
+    # task is reported as running nothing
+    tasks = {task for *_, task in heard}
+    assert len(tasks) == 3
+    for task in tasks:
+        mine = [(step, length, running) for step, length, running, t in heard if t == task]
+        assert any(0 < step < length for step, length, _ in mine)
+        assert [step for step, *_ in mine] == sorted(step for step, *_ in mine)
+        assert mine[-1][2] == 0
     here = list(LocalExecutor().run(specs, job))
     assert_same_sweep(sweep_frames(remote), sweep_frames(here))
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.cluster_layout(0, (2,))  # both tasks run on the one worker node
+def test_a_node_removed_mid_sweep_loses_nothing_and_its_task_resumes_from_its_checkpoint(cluster, tmp_path):
+    import threading
+
+    from stabsweep.config.loader import load_config
+    from stabsweep.procedures import lr
+    from stabsweep.procedures.context import Context, RunOptions
+    from stabsweep.report.console import make_console
+
+    from .sweep_files import sweep_files
+
+    from stabsweep.engine.ray_executor import connect
+
+    calm = {"lr_sweep.lrs": [0.01, 0.02, 0.05, 0.1], "train.steps": 1500, "train.eval_every": 500}
+    folders = {}
+    for executor in ("ray", "local"):
+        overrides = {**calm, "execution.executor": executor, "execution.checkpoint_every": 0.2}
+        config = load_config(CONFIGS / "smoke.yaml", {**overrides, "execution.ray.address": cluster.address})
+        ctx = Context(config, RunOptions(out=tmp_path / executor, quiet=True), make_console(quiet=True))
+        store = ctx.store("lr")
+        folders[executor] = store.folder
+        if executor == "local":
+            ctx.run_trials(lr.plan(config), ctx.job(), store, "lr")
+            continue
+        # The sweep runs in a thread; Ray starts and stops nodes from the main thread only.
+        connect(cluster.address)
+        done = []
+        sweep = threading.Thread(target=lambda: done.append(ctx.run_trials(lr.plan(config), ctx.job(), store, "lr")))
+        sweep.start()
+        while not list(store.checkpoints.glob("*.ckpt")):  # a task has saved a checkpoint...
+            assert sweep.is_alive()
+            time.sleep(0.05)
+        running = next(iter(cluster.worker_nodes))
+        cluster.add_node(num_cpus=2)  # ...a fresh node joins, and the node running the tasks goes
+        cluster.remove_node(running, allow_graceful=False)
+        sweep.join()
+        [results] = done
+    assert sorted(r.spec.trial_id for r in results) == [0, 1, 2, 3]  # each trial once
+    resumed = [r for r in results if any("from a checkpoint" in note for note in r.notes)]
+    assert len(resumed) >= 2  # a task (two trials) continued from its checkpoint on the new node
+    assert all(r.status.value == "ok" for r in results)
+    assert not list((folders["ray"] / "checkpoints").glob("*.ckpt"))  # finished: nothing left to resume
+    assert_same_sweep(*(in_trial_order(sweep_files(folders[e])) for e in ("ray", "local")))
+
+
+def in_trial_order(frames):
+    """A sweep's files in trial order (each executor writes trials in the order they finish)."""
+    return tuple(
+        frame.sort_values([c for c in ("trial_id", "step") if c in frame], kind="stable").reset_index(drop=True)
+        for frame in frames
+    )

@@ -335,6 +335,7 @@ class RayConfig(_Strict):
     num_cpus: Float = Field(1.0, gt=0, le=1024)  # CPUs per task
     num_gpus: Float = Field(0.0, ge=0, le=64)  # GPUs per task; a fraction lets tasks share a GPU
     trials_per_task: Int | None = Field(None, ge=1, le=MAX_COUNT)  # default: split over the cluster's free slots
+    max_retries: Int = Field(3, ge=0, le=100)  # reruns of a task whose node or worker was lost (Ray's retry)
 
 
 class SlurmConfig(_Strict):

@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stabsweep.engine.runner import run_trials
 from stabsweep.records import TrialJob, TrialResult, TrialSpec, TrialStatus
+
+if TYPE_CHECKING:
+    from stabsweep.training.common import Progress
 
 # In a worker process of the process executor only: where its loop reports its step (set by
 # _start_worker), read by the parent's progress display.
 _steps_queue: Any = None
 
 
-def run_unit(specs: list[TrialSpec], job: TrialJob) -> list[TrialResult]:
-    """A worker's share: its trials, run by the engine, returned together."""
-    progress = None
-    if _steps_queue is not None:
+def run_unit(specs: list[TrialSpec], job: TrialJob, progress: Progress | None = None) -> list[TrialResult]:
+    """A worker's share: its trials, run by the engine, returned together. ``progress`` hears
+    the loop's step (a process worker reports into its pool's queue without being told)."""
+    if progress is None and _steps_queue is not None:
         pid = os.getpid()
 
         def progress(step: int, length: int, running: int) -> None:

@@ -21,8 +21,12 @@ from stabsweep.engine.executors import lost, run_unit, split
 from stabsweep.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stabsweep.config.schema import RayConfig
     from stabsweep.records import TrialJob, TrialResult, TrialSpec
+
+    Progress4 = Callable[[int, int, int, str], None]  # progress(step, length, running, task)
 
 
 class RayExecutor:
@@ -32,8 +36,15 @@ class RayExecutor:
         self.config = config
         self.placements: dict[int, str] = {}  # trial id -> the Ray node that ran it
 
-    def run(self, specs: list[TrialSpec], job: TrialJob, progress: object = None) -> Iterator[TrialResult]:
-        """Ray tasks report when they finish; their steps are not followed (``progress`` is unused)."""
+    def run(self, specs: list[TrialSpec], job: TrialJob, progress: Progress4 | None = None) -> Iterator[TrialResult]:
+        """Each task's results as it finishes; with ``progress``, the running tasks' steps too.
+
+        A task whose node or worker process is lost runs again on another node (Ray's own
+        retry, ``execution.ray.max_retries`` times) and continues from its share's last
+        checkpoint when the run folder is on storage every node sees (training/checkpoint.py).
+        Results travel only when a task ends, so a lost task has reported nothing: nothing
+        finished is lost or written twice.
+        """
         import dataclasses
 
         if not specs:
@@ -43,14 +54,23 @@ class RayExecutor:
         # Ray gives a GPU task its GPU as CUDA_VISIBLE_DEVICES; the driver may have none.
         job = dataclasses.replace(job, device="cuda" if self.config.num_gpus > 0 else "cpu")
         units = split(specs, self._parallel_tasks(ray, len(specs)), job)
-        task = ray.remote(run_unit_on_node).options(**resources)
-        pending = {task.remote(unit, job): unit for unit in units}
+        task = ray.remote(run_unit_on_node).options(**resources, max_retries=self.config.max_retries)
+        steps = _steps_queue(ray) if progress is not None else None
+        pending = {task.remote(unit, job, steps): unit for unit in units}
+        seen: dict[str, tuple[int, int]] = {}  # task -> (step, length) last reported
         try:
             while pending:
-                [ready], _ = ray.wait(list(pending), num_returns=1)
-                unit = pending.pop(ready)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_POLL_S if steps else None)
+                if steps is not None:
+                    _report(steps, progress, seen)
+                if not ready:
+                    continue
+                unit = pending.pop(ready[0])
+                done = seen.pop(ready[0].task_id().hex(), None)
+                if done is not None:  # the display stops counting its trials as running
+                    progress(done[1], done[1], 0, ready[0].task_id().hex())
                 try:
-                    node, results = ray.get(ready)
+                    node, results = ray.get(ready[0])
                     self.placements.update({spec.trial_id: node for spec in unit})
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
                     results = lost(unit, exc)
@@ -58,6 +78,8 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if steps is not None:
+                steps.shutdown()
 
     def _parallel_tasks(self, ray: object, count: int) -> int:
         if self.config.trials_per_task:
@@ -69,11 +91,44 @@ class RayExecutor:
         return max(1, int(slots))
 
 
-def run_unit_on_node(specs: list[TrialSpec], job: TrialJob) -> tuple[str, list[TrialResult]]:
-    """A Ray task: its share of the trials, and the node it ran on."""
+PROGRESS_POLL_S = 0.25  # how often the driver reads the tasks' steps, as the process executor does
+
+
+def _steps_queue(ray: object) -> object:
+    """Where remote tasks put their steps: Ray's actor-backed queue, on the driver's own node
+    (which lives as long as the sweep does) and taking no CPU from the trials."""
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()  # type: ignore[attr-defined]
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)})
+
+
+def _report(steps: object, progress: Progress4, seen: dict[str, tuple[int, int]]) -> None:
+    """Hand the steps the tasks reported since the last look to ``progress``."""
+    count = steps.qsize()  # type: ignore[attr-defined]
+    for task, step, length, running in steps.get_nowait_batch(count) if count else []:  # type: ignore[attr-defined]
+        seen[task] = (step, length)
+        progress(step, length, running, task)
+
+
+def run_unit_on_node(specs: list[TrialSpec], job: TrialJob, steps: object = None) -> tuple[str, list[TrialResult]]:
+    """A Ray task: its share of the trials, and the node it ran on.
+
+    With ``steps`` (a Ray queue), the loop's step goes there as often as the engine reports
+    it (a few times a second, training/common.py), never once per step.
+    """
     import ray
 
-    return ray.get_runtime_context().get_node_id(), run_unit(specs, job)
+    context = ray.get_runtime_context()
+    progress = None
+    if steps is not None:
+        task = context.get_task_id()
+
+        def progress(step: int, length: int, running: int) -> None:
+            steps.put_nowait((task, step, length, running))  # type: ignore[attr-defined]
+
+    return context.get_node_id(), run_unit(specs, job, progress)
 
 
 def connect(address: str | None) -> object:
