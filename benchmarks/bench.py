@@ -11,6 +11,8 @@
               ((ckpt 1 s) prints the cost of saving every second, beside it)
 (models) real models' 8-rate sweeps: vectorized against sequential, one trial and a plain
               loop, and the batch's peak memory (benchmarks/models.py)
+(cluster) 1,000 tiny trials through Ray on a 4-node local cluster: the overhead per trial,
+              the driver's CPU per trial and the results store's write rate (benchmarks/cluster.py)
 
 Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
 for the trials still running at that step, written as plain batched matrix products (no
@@ -206,6 +208,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--steps", type=int, default=None, help="train.steps (default: the quickstart's 1000)")
     parser.add_argument("--no-models", action="store_true", help="skip the real models' rows")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the 4-node Ray cluster's rows")
+    parser.add_argument("--cluster-trials", type=int, default=1000, help="trials per side of the cluster rows")
+    parser.add_argument("--cluster-runs", type=int, default=1, help="rounds of the cluster rows")
     parser.add_argument("--model-steps", type=int, default=None, help="steps of the real models' trials")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -306,6 +311,11 @@ def main() -> int:
         sweep_s_again, ray_s = timed_rounds(args.runs, sweep(local), sweep(ray_ctx))
         rows.append(ratio_row("c", "16-rate sweep, ray executor / local", ray_s, sweep_s_again))
         console.print(f"(a local Ray took {ray_start_s:.1f} s to start; not in (c))")
+
+    if not args.no_ray and not args.no_cluster:
+        from benchmarks import cluster
+
+        rows += cluster.rows(args.cluster_runs, args.cluster_trials, console)
 
     if not args.no_models:
         from benchmarks import models

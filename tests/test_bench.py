@@ -46,3 +46,16 @@ def test_bench_writes_every_ratio(tmp_path):
     trial_steps = int(run.stderr.split("the 16-rate sweep ran ")[1].split(" trial-steps")[0].replace(",", ""))
     assert "GFLOP/s" in run.stderr and (frame["sweep_gemm_gflops"] > 0).all()
     assert f"{15_171_584 * trial_steps / 1e9:.0f} GFLOP at" in run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_the_cluster_rows_run_on_a_four_node_cluster():
+    """``make bench``'s scale rows, with a few trials: each figure is there and plausible."""
+    bench = [sys.executable, str(ROOT / "benchmarks" / "cluster.py"), "--trials", "12"]
+    run = subprocess.run(bench, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = {line.split("\t")[0]: float(line.split("\t")[1]) for line in run.stdout.splitlines()}
+    assert set(figures) == {"cluster", "cluster ms", "local ms", "driver ms", "store"}
+    assert figures["cluster"] > 0 and figures["driver ms"] > 0 and figures["store"] > 0
+    assert "4-node local Ray cluster started" in run.stderr
