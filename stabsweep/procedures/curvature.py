@@ -2,7 +2,7 @@
 
 Measure λ₀, the top eigenvalue of the Hessian of the mean training loss over the first
 ``curvature.batches`` batches at the initial weights (``training/curvature.py``: Lanczos by
-scipy's eigsh over forward-over-reverse HVPs), for an adaptive optimizer that of P⁻¹H with
+scipy's eigsh over reverse-over-reverse HVPs), for an adaptive optimizer that of P⁻¹H with
 P its steady-state preconditioner at those weights, √(mean g²) + ε over the batches; then the
 rate it implies, threshold / λ₀ (``analysis/curvature.py``), beside the edge an lr run in the
 same folder found, and what the gap means. Cost: a few seconds; printed against the lr
@@ -27,6 +27,9 @@ COMMAND = "curvature"
 
 
 def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
+    import scipy.sparse.linalg  # noqa: F401 - imported before the probe's clock starts, as torch is
+    import threadpoolctl  # noqa: F401
+
     from stabsweep.training.curvature import ModelHessian, adam_preconditioner, lanczos_top
 
     config, probe = ctx.config, ctx.config.curvature
