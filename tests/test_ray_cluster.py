@@ -114,44 +114,44 @@ def test_a_node_removed_mid_sweep_loses_nothing_and_its_task_resumes_from_its_ch
     import threading
 
     from stabsweep.config.loader import load_config
+    from stabsweep.engine.ray_executor import connect
     from stabsweep.procedures import lr
     from stabsweep.procedures.context import Context, RunOptions
     from stabsweep.report.console import make_console
 
     from .sweep_files import sweep_files
 
-    from stabsweep.engine.ray_executor import connect
-
     calm = {"lr_sweep.lrs": [0.01, 0.02, 0.05, 0.1], "train.steps": 1500, "train.eval_every": 500}
-    folders = {}
-    for executor in ("ray", "local"):
+
+    def sweep_in(executor):
         overrides = {**calm, "execution.executor": executor, "execution.checkpoint_every": 0.2}
         config = load_config(CONFIGS / "smoke.yaml", {**overrides, "execution.ray.address": cluster.address})
         ctx = Context(config, RunOptions(out=tmp_path / executor, quiet=True), make_console(quiet=True))
         store = ctx.store("lr")
-        folders[executor] = store.folder
-        if executor == "local":
-            ctx.run_trials(lr.plan(config), ctx.job(), store, "lr")
-            continue
-        # The sweep runs in a thread; Ray starts and stops nodes from the main thread only.
-        connect(cluster.address)
-        done = []
-        sweep = threading.Thread(target=lambda: done.append(ctx.run_trials(lr.plan(config), ctx.job(), store, "lr")))
-        sweep.start()
-        while not list(store.checkpoints.glob("*.ckpt")):  # a task has saved a checkpoint...
-            assert sweep.is_alive()
-            time.sleep(0.05)
-        running = next(iter(cluster.worker_nodes))
-        cluster.add_node(num_cpus=2)  # ...a fresh node joins, and the node running the tasks goes
-        cluster.remove_node(running, allow_graceful=False)
-        sweep.join()
-        [results] = done
+        return store, lambda: ctx.run_trials(lr.plan(config), ctx.job(), store, "lr")
+
+    local, run_local = sweep_in("local")
+    run_local()
+    store, run = sweep_in("ray")
+    # The sweep runs in a thread; Ray starts and stops nodes from the main thread only.
+    connect(cluster.address)
+    done = []
+    sweep = threading.Thread(target=lambda: done.append(run()))
+    sweep.start()
+    while not list(store.checkpoints.glob("*.ckpt")):  # a task has saved a checkpoint...
+        assert sweep.is_alive()
+        time.sleep(0.05)
+    running = next(iter(cluster.worker_nodes))
+    cluster.add_node(num_cpus=2)  # ...a fresh node joins, and the node running the tasks goes
+    cluster.remove_node(running, allow_graceful=False)
+    sweep.join()
+    [results] = done
     assert sorted(r.spec.trial_id for r in results) == [0, 1, 2, 3]  # each trial once
     resumed = [r for r in results if any("from a checkpoint" in note for note in r.notes)]
     assert len(resumed) >= 2  # a task (two trials) continued from its checkpoint on the new node
     assert all(r.status.value == "ok" for r in results)
-    assert not list((folders["ray"] / "checkpoints").glob("*.ckpt"))  # finished: nothing left to resume
-    assert_same_sweep(*(in_trial_order(sweep_files(folders[e])) for e in ("ray", "local")))
+    assert not list(store.checkpoints.glob("*.ckpt"))  # finished: nothing left to resume
+    assert_same_sweep(in_trial_order(sweep_files(store.folder)), in_trial_order(sweep_files(local.folder)))
 
 
 def in_trial_order(frames):
