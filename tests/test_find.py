@@ -76,7 +76,9 @@ def test_the_comparison_with_full_training_says_how_far_off_the_range_test_is():
     assert (
         "blows up at 2.1" in text and "already unstable at 0.3" in text and "overestimates the stable range 7×" in text
     )
-    assert against_full_training(None, 0.3) is None
+    missed = against_full_training(None, 0.3, top=10.0)
+    assert "never blew up up to 10" in missed and "already unstable at 0.3" in missed and "misses the edge" in missed
+    assert against_full_training(None, None) is None and against_full_training(2.1, None) is None
 
 
 QUICK = ["--set", "find.steps=120", "--set", "train.steps=200", "--set", "train.eval_every=50"]

@@ -146,10 +146,17 @@ def safe_suggestion(
     return ("best_lr of the lr sweep", best_lr) if best_lr is not None else None
 
 
-def against_full_training(divergence: float | None, unstable: float | None) -> str | None:
-    """How the range test's divergence compares with the rate where full training became unstable."""
-    if divergence is None or unstable is None:
+def against_full_training(divergence: float | None, unstable: float | None, top: float | None = None) -> str | None:
+    """How the range test's divergence compares with the rate where full training became
+    unstable; ``top``, the highest rate the test reached, when it never blew up."""
+    if unstable is None:
         return None
+    if divergence is None:
+        reached = f" up to {top:.3g}" if top is not None else ""
+        return (
+            f"the range test never blew up{reached}, yet full training is already unstable at {unstable:.3g}: "
+            "the range test alone misses the edge"
+        )
     ratio = divergence / unstable
     if ratio >= 1.5:
         return (

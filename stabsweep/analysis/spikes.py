@@ -200,7 +200,8 @@ def describe(spikes: pd.DataFrame, trials: pd.DataFrame | None = None) -> str | 
     if trials is not None and len(optimizer):
         from stabsweep.records import TrialStatus
 
-        failing = trials[trials["status"].map(lambda s: TrialStatus.of(s).instability)]["trial_id"]
+        failed = trials["status"].map(lambda s: TrialStatus.of(s).instability or not TrialStatus.of(s).feasible)
+        failing = trials[failed]["trial_id"]  # diverged, unstable, learned nothing (an edge may do either)
         optimizer = optimizer[optimizer["trial_id"].isin(failing)]
     if len(optimizer):
         rates = sorted(optimizer["lr"].unique())

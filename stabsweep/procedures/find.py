@@ -98,7 +98,7 @@ def run(ctx: Context, inner: bool = False) -> dict[str, Any]:
     # The grid reaches 3× past where training is known to fail, not past the range test's blow-up only.
     edges = [rate for rate in (found.divergence_lr, unstable) if rate is not None]
     grid = lr_grid(suggested, min(edges) if edges else None, find.min_lr, find.max_lr)
-    comparison = against_full_training(found.divergence_lr, unstable)
+    comparison = against_full_training(found.divergence_lr, unstable, float(lrs[len(curve) - 1]))
     _write_steps(store, trials, steps, evals if find.eval_every else evals.iloc[:0], find.smoothing)
     summary = _summary(ctx, found, suggested, grid, comparison)
     if instead is not None:
