@@ -43,15 +43,33 @@ def test_a_job_array_gives_the_local_runs_results(tmp_path, cluster):
 
 
 @pytest.mark.slow
+def test_the_running_jobs_steps_show_while_the_array_runs(tmp_path, monkeypatch):
+    """Each job writes its step to a file under RUN/slurm/progress/; the driver shows it (here
+    every 0.1 s instead of 2, so short jobs report), and removes the files at the end."""
+    from stabsweep.engine import slurm_executor
+
+    monkeypatch.setattr(slurm_executor, "PROGRESS_EVERY_S", 0.1)
+    args = ["lr", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path), "--executor", "slurm"]
+    args += ["--set", "execution.slurm.cluster=local", "--set", "execution.slurm.array_parallelism=2"]
+    args += ["--set", "lr_sweep.lrs=[0.01, 0.02, 0.05, 0.1]", "--set", "train.steps=3000"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # not a terminal: a plain line each time the slowest running job gets a tenth further
+    seen = [line.split("batch step ")[1].split(",")[0] for line in result.output.splitlines() if "batch step" in line]
+    assert any(int(step.split("/")[0]) < int(step.split("/")[1]) for step in seen), result.output
+    assert not list((tmp_path / "slurm" / "progress").glob("*"))
+
+
+@pytest.mark.slow
 def test_a_lost_job_loses_only_its_trials_and_resume_runs_them(tmp_path, monkeypatch):
     from stabsweep.engine import executors, slurm_executor
 
     real = executors.run_unit
 
-    def preempted(specs, job):
+    def preempted(specs, job, progress=None):
         if any(spec.trial_id == 0 for spec in specs):
             raise RuntimeError("job 42 CANCELLED due to preemption")
-        return real(specs, job)
+        return real(specs, job, progress)
 
     monkeypatch.setattr(slurm_executor, "run_unit", preempted)
     args = [

@@ -5,7 +5,9 @@ also runs the same array on this machine (``cluster: local``, a process per job)
 process (``cluster: debug``), which is how the tests run it without SLURM. Each job runs one
 unit (``engine/executors.py``'s ``run_unit``: a vectorized batch, or one trial with the
 sequential engine) and returns its results; the command waits, writing each job's trials as
-the job finishes. A job that fails, times out or is cancelled (preempted) loses only its own
+the job finishes, and shows the running jobs' steps: each job writes its loop's step to a
+small file under ``RUN/slurm/progress/`` every few seconds (:class:`StepFile`), which the
+driver reads when it looks at its jobs. A job that fails, times out or is cancelled (preempted) loses only its own
 trials: they are not written, the rest are, and the command ends with exit 2 saying which
 were lost, so ``--resume`` reruns exactly those. submitit writes each job's logs and pickles
 under ``RUN/slurm/`` (on storage every node sees: the run folder). An optional extra:
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +32,38 @@ if TYPE_CHECKING:
     from stabsweep.records import TrialJob, TrialResult, TrialSpec
 
 POLL_S = 0.5  # how often the driver looks at its jobs (submitit caches squeue's answers itself)
+PROGRESS_EVERY_S = 2.0  # a job writes its step at most this often: a small file on shared storage
+
+
+@dataclasses.dataclass
+class StepFile:
+    """A job's progress: its loop's step, length and running trials as one line in ``path``,
+    rewritten at most every ``every_s`` seconds (written aside and renamed, so the driver never
+    reads half a line). Progress is a side feature: a write that fails is skipped, never fatal."""
+
+    path: Path
+    every_s: float = PROGRESS_EVERY_S
+    last: float = -math.inf
+
+    def __call__(self, step: int, length: int, running: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            partial.write_text(f"{step} {length} {running}\n")
+            os.replace(partial, self.path)
+        except OSError:
+            pass
+
+    def read(self) -> tuple[int, int, int] | None:
+        """The last step written, if any."""
+        try:
+            step, length, running = (int(x) for x in self.path.read_text().split())
+        except (OSError, ValueError):
+            return None
+        return step, length, running
 
 
 class SlurmExecutor:
@@ -60,26 +95,34 @@ class SlurmExecutor:
                 "node, or set execution.slurm.cluster to local (a process per job here) to try the set-up"
             ) from None
         executor.update_parameters(**self.parameters())
-        jobs = executor.map_array(run_unit, units, [job] * len(units))
+        files = self._step_files(len(units)) if progress is not None else [None] * len(units)
+        count = len(units)
+        jobs = executor.map_array(run_job, units, [job] * count, files, [config.cpus_per_task] * count)
         pending = dict(zip(jobs, units, strict=True))
+        steps = dict(zip(jobs, files, strict=True))
         lost: list[tuple[str, list[TrialSpec], BaseException]] = []
         try:
             while pending:
                 for submitted in list(pending):
                     try:  # the debug cluster runs the job inside done(): its error may surface there
                         if not submitted.done():
+                            _report(steps[submitted], progress, str(submitted.job_id))
                             continue
                         results = submitted.result()
                     except Exception as exc:  # noqa: BLE001 - a failed, timed-out or cancelled job: its trials are lost
                         lost.append((str(submitted.job_id), pending.pop(submitted), exc))
                         continue
                     pending.pop(submitted)
+                    _report(steps[submitted], progress, str(submitted.job_id), finished=True)
                     yield from results
                 if pending:
                     time.sleep(POLL_S)
         finally:
             for submitted in pending:  # interrupted: do not leave the array running
                 submitted.cancel(check=False)
+            for file in files:
+                if file is not None:
+                    file.path.unlink(missing_ok=True)
         if lost:
             trials = sorted(spec.trial_id for _, unit, _ in lost for spec in unit)
             first = lost[0]
@@ -89,6 +132,11 @@ class SlurmExecutor:
                 f"finish (job {first[0]}: {type(first[2]).__name__}: {str(first[2]).splitlines()[0][:200]}); the "
                 f"finished trials are saved: rerun with --resume to run only the lost ones (logs in {self.folder})"
             )
+
+    def _step_files(self, count: int) -> list[StepFile]:
+        folder = self.folder / "progress"
+        folder.mkdir(parents=True, exist_ok=True)
+        return [StepFile(folder / f"unit{i}.txt") for i in range(count)]
 
     def parameters(self) -> dict[str, Any]:
         """submitit's parameters: the generic ones, and SLURM's own for the slurm cluster."""
@@ -106,3 +154,27 @@ class SlurmExecutor:
             if config.additional:
                 params["slurm_additional_parameters"] = dict(config.additional)
         return params
+
+
+def run_job(specs: list[TrialSpec], job: TrialJob, progress: StepFile | None, threads: int) -> list[TrialResult]:
+    """One job of the array: its unit, with torch's threads set to the CPUs the job asked for
+    (torch would otherwise start a thread per core of the node, and jobs sharing a node would
+    fight over them); restored after, for the debug cluster's jobs that run in this process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run_unit(specs, job, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _report(file: StepFile | None, progress: Any, job_id: str, finished: bool = False) -> None:
+    """Hand a running job's last written step to ``progress``; a finished job runs nothing."""
+    if file is None:
+        return
+    last = file.read()
+    if last is not None:
+        step, length, running = last
+        progress(length if finished else step, length, 0 if finished else running, job_id)
