@@ -15,7 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import stabsweep
-from stabsweep.analysis.curvature import compare, threshold
+from stabsweep.analysis.curvature import compare, stable_sharpness, threshold
 from stabsweep.cli import app
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.training.curvature import ModelHessian, PowerIteration, lanczos_top
@@ -127,6 +127,22 @@ def test_thresholds_in_words_and_comparisons():
     assert "decides it" in compare(1.0, 1.2, 0.5)
 
 
+def test_the_sharpness_training_grew_to_leaves_out_measurements_at_or_above_their_threshold():
+    """A trial at the edge of stability hovers at (or overshoots) its threshold: that value is
+    set by its rate, not by the landscape, so only measurements below it count."""
+    trials = pd.DataFrame({"trial_id": [0, 1, 2], "status": ["ok", "ok", "diverged"]})
+    sharpness = pd.DataFrame(
+        {
+            "trial_id": [0, 0, 1, 1, 2],
+            "sharpness": [3.0, 5.0, 4.0, 30.0, 90.0],
+            "ratio": [0.1, 0.4, 0.5, 1.6, 0.9],  # trial 1 catapults (1.6); trial 2 failed
+        }
+    )
+    assert stable_sharpness(sharpness, trials) == 5.0
+    assert stable_sharpness(sharpness[sharpness["ratio"] >= 1], trials) is None
+    assert stable_sharpness(None, trials) is None
+
+
 @pytest.mark.slow
 def test_vectorized_sharpness_equals_each_trial_alone(tmp_path):
     args = ["--set", "train.log_sharpness_every=10", "--quiet"]
@@ -230,6 +246,23 @@ def test_curvature_command_against_the_lr_run(tmp_path):
     assert "Cost:" in result.output and "of the lr sweep's" in summary["cost"]
     read = stabsweep.open_run(tmp_path / "curvature")
     assert isinstance(read, stabsweep.CurvatureResult) and read.sharpness == summary["sharpness"]
+    assert summary["trained_sharpness"] is None  # the lr run logged no sharpness
+
+
+@pytest.mark.slow
+def test_curvature_reads_the_sharpness_the_lr_runs_trials_grew_to(tmp_path):
+    args = ["--out", str(tmp_path), "--quiet", "--set", "train.log_sharpness_every=10"]
+    assert runner.invoke(app, ["lr", str(CONFIGS / "smoke.yaml"), *args]).exit_code == 0
+    result = runner.invoke(app, ["curvature", str(CONFIGS / "smoke.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "curvature" / "summary.json").read_text())
+    logged = pd.read_csv(tmp_path / "lr" / "sharpness.csv")
+    trials = pd.read_csv(tmp_path / "lr" / "trials.csv")
+    ok = trials[trials["status"] == "ok"]["trial_id"]
+    below = logged[logged["trial_id"].isin(ok) & (logged["ratio"] < 1)]
+    assert summary["trained_sharpness"] == pytest.approx(below["sharpness"].max())
+    assert summary["trained_edge"] == pytest.approx(3.8 / summary["trained_sharpness"])
+    assert "while below their own threshold" in summary["verdict"]
 
 
 def test_adam_probe_is_preconditioned(tmp_path):

@@ -121,6 +121,26 @@ def crossed(sharpness: list[tuple[int, float]], bound: float) -> int | None:
     return next((step for step, value in sharpness if value == value and value > bound), None)
 
 
+def stable_sharpness(sharpness: Any, trials: Any) -> float | None:
+    """The highest sharpness the trials that trained (status ok) reached while below their own
+    threshold (``ratio`` < 1), from an lr run's sharpness.csv and trials.csv; None without such
+    a measurement.
+
+    This is the curvature training grows to by itself (progressive sharpening, Cohen et al.
+    2021), a property of the loss landscape that threshold / it turns into an edge for any
+    rate. A measurement at or above the trial's own threshold is left out: there sharpness is
+    set by the rate (it hovers at the threshold, the edge of stability, or overshoots and falls
+    back, the catapult of Lewkowycz et al. 2020), so it says only that this rate is at its edge.
+    """
+    from stabsweep.records import TrialStatus
+
+    if sharpness is None or not len(sharpness) or trials is None or not len(trials):
+        return None
+    ok = trials[trials["status"].map(lambda s: TrialStatus.of(s) is TrialStatus.OK)]["trial_id"]
+    stable = sharpness[sharpness["trial_id"].isin(ok) & (sharpness["ratio"] < 1)]["sharpness"].dropna()
+    return float(stable.max()) if len(stable) else None
+
+
 def sharpness_findings(sharpness: Any, trials: Any) -> dict[str, Any] | None:
     """What the logged sharpness says about a sweep's trials (sharpness.csv, trials.csv), or None
     when none was logged: for each trial that diverged or became unstable, whether its sharpness

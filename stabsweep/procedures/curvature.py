@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from stabsweep.analysis.curvature import compare, threshold
+from stabsweep.analysis.curvature import compare, stable_sharpness, threshold
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
 from stabsweep.training.common import DataStream, to_device
@@ -70,17 +70,13 @@ def _lr_run(ctx: Context) -> dict[str, Any] | None:
     summary = json.loads(path.read_text())
     trials = ctx.run_root / "lr" / "trials.csv"
     if trials.is_file():
-        from stabsweep.records import TrialStatus
         from stabsweep.results.store import read_table
 
         table = read_table(trials)
         summary["wall_seconds"] = float(table["wall_seconds"].max())  # a batch's trials end with it
         logged = ctx.run_root / "lr" / "sharpness.csv"
-        if logged.is_file():  # the sharpness the trials that trained reached (progressive sharpening)
-            sharpness = read_table(logged)
-            ok = table[table["status"].map(lambda s: TrialStatus.of(s) is TrialStatus.OK)]["trial_id"]
-            reached = sharpness[sharpness["trial_id"].isin(ok)]["sharpness"]
-            summary["trained_sharpness"] = float(reached.max()) if len(reached) else None
+        if logged.is_file():  # the sharpness training grew to (progressive sharpening)
+            summary["trained_sharpness"] = stable_sharpness(read_table(logged), table)
     return summary
 
 
@@ -113,8 +109,10 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         if trained:
             edge, unstable = bound.constant / trained, lr_run.get("unstable_base_lr")
             verdict += (
-                f" The lr run's trials that trained reached sharpness {trained:.4g} (logged): at that curvature the "
-                f"edge is {edge:.3g}" + (f", the sweep's {unstable / edge:.2g}× that" if unstable else "") + "."
+                f" The lr run's trials that trained reached sharpness {trained:.4g} while below their own threshold "
+                f"(logged): at that curvature the edge is {edge:.3g}"
+                + (f", the sweep's {unstable / edge:.2g}× that" if unstable else "")
+                + "."
             )
         if lr is not None:
             ratio = lr / predicted
@@ -162,8 +160,8 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             "P = √v + ε with v the mean squared gradient over the batches (Adam's steady state: 1 − β₁ᵗ → 1)",
             "predicted_edge": "threshold_constant / sharpness: the highest stable rate on a quadratic that curved",
             "agreement": "edge_ratio within 1/1.5 to 1.5",
-            "trained_edge": "threshold_constant / the highest sharpness an ok trial of the lr run reached (when it "
-            "logged sharpness): the edge at the curvature training grew to",
+            "trained_edge": "threshold_constant / the highest sharpness an ok trial of the lr run reached while below "
+            "its own threshold (when it logged sharpness): the edge at the curvature training grew to",
         },
         "next_command": f"stabsweep lr {source} --set train.log_sharpness_every=10"
         if lr_run is None
