@@ -60,6 +60,30 @@ def test_lanczos_and_power_iteration_match_the_full_hessian():
     assert abs(values[0] - exact) / exact < 1e-3 and residuals[0] < 1e-2
 
 
+def test_a_weight_the_loss_never_reaches_has_no_curvature_and_does_not_stop_the_probe():
+    """A trainable head the loss does not use (an unused pooler, say): its rows of H are zero."""
+
+    class WithUnusedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+            self.unused = nn.Linear(7, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    model = WithUnusedHead()
+    workload = stabsweep.Workload(model=model, train_data=[(x, y)], loss_fn=nn.CrossEntropyLoss())
+    hessian = ModelHessian(workload, workload.train_data)
+    found = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=1e-6)
+    plain = stabsweep.Workload(model=model.body, train_data=[(x, y)], loss_fn=nn.CrossEntropyLoss())
+    assert found.value == pytest.approx(full_hessian_top(ModelHessian(plain, plain.train_data)), rel=1e-3)
+    unused = sum(p.numel() for p in model.unused.parameters())
+    assert torch.count_nonzero(hessian.gradient()[-unused:]) == 0
+
+
 def test_sharpness_of_a_quadratic_loss_is_its_analytic_curvature():
     """Least squares: the loss ½·mean((Xw − y)²)·2 has Hessian 2XᵀX/n, its top eigenvalue known."""
     torch.manual_seed(1)

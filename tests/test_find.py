@@ -79,6 +79,8 @@ def test_the_comparison_with_full_training_says_how_far_off_the_range_test_is():
     missed = against_full_training(None, 0.3, top=10.0)
     assert "never blew up up to 10" in missed and "already unstable at 0.3" in missed and "misses the edge" in missed
     assert against_full_training(None, None) is None and against_full_training(2.1, None) is None
+    short = against_full_training(None, 0.3, top=0.1)  # it never reached the rate that failed
+    assert "stopped at 0.1, below 0.3" in short and "find.max_lr" in short
 
 
 QUICK = ["--set", "find.steps=120", "--set", "train.steps=200", "--set", "train.eval_every=50"]

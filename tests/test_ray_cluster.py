@@ -75,13 +75,13 @@ def sweep_frames(results):
 
 @needs_ray
 @pytest.mark.slow
-def test_a_sweep_spreads_over_the_nodes_and_equals_the_local_run(cluster):
+def test_a_sweep_spreads_over_the_nodes_and_equals_the_local_run(cluster, monkeypatch):
     import ray
 
     from stabsweep.config.loader import load_config
     from stabsweep.config.schema import RayConfig
     from stabsweep.engine.executors import LocalExecutor
-    from stabsweep.engine.ray_executor import RayExecutor
+    from stabsweep.engine.ray_executor import PROGRESS_POLL_S, RayExecutor
     from stabsweep.procedures import lr
     from stabsweep.procedures.context import Context, RunOptions
     from stabsweep.report.console import make_console
@@ -90,8 +90,15 @@ def test_a_sweep_spreads_over_the_nodes_and_equals_the_local_run(cluster):
     ctx = Context(config, RunOptions(quiet=True), make_console(quiet=True))
     job, specs = ctx.job(), lr.plan(config)
     executor = RayExecutor(RayConfig(address=cluster.address))
-    heard = []
+    heard, waits, wait = [], [], ray.wait
+
+    def waiting(*args, **kwargs):  # the driver must not block until a task ends: it polls the steps
+        waits.append(kwargs.get("timeout"))
+        return wait(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", waiting)
     remote = list(executor.run(specs, job, lambda *report: heard.append(report)))
+    assert waits and set(waits) == {PROGRESS_POLL_S}
     assert len(ray.nodes()) == 3 and all(n["NodeManagerAddress"] == "127.0.0.1" for n in ray.nodes())
     assert len(set(executor.placements.values())) == 3  # one task per node's CPU: every node ran trials
     # the running tasks' steps came back while they ran, each task's steps in order; a finished
@@ -121,7 +128,7 @@ def test_a_node_removed_mid_sweep_loses_nothing_and_its_task_resumes_from_its_ch
 
     from .sweep_files import sweep_files
 
-    calm = {"lr_sweep.lrs": [0.01, 0.02, 0.05, 0.1], "train.steps": 1500, "train.eval_every": 500}
+    calm = {"lr_sweep.lrs": [0.01, 0.02, 0.05, 0.1], "train.steps": 3000, "train.eval_every": 1000}
 
     def sweep_in(executor):
         overrides = {**calm, "execution.executor": executor, "execution.checkpoint_every": 0.2}
@@ -135,16 +142,26 @@ def test_a_node_removed_mid_sweep_loses_nothing_and_its_task_resumes_from_its_ch
     store, run = sweep_in("ray")
     # The sweep runs in a thread; Ray starts and stops nodes from the main thread only.
     connect(cluster.address)
-    done = []
-    sweep = threading.Thread(target=lambda: done.append(run()))
+    done, raised = [], []
+
+    def sweep_thread():
+        try:
+            done.append(run())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
+            raised.append(exc)
+
+    sweep = threading.Thread(target=sweep_thread)
     sweep.start()
     while not list(store.checkpoints.glob("*.ckpt")):  # a task has saved a checkpoint...
-        assert sweep.is_alive()
+        assert sweep.is_alive(), raised
         time.sleep(0.05)
-    running = next(iter(cluster.worker_nodes))
-    cluster.add_node(num_cpus=2)  # ...a fresh node joins, and the node running the tasks goes
-    cluster.remove_node(running, allow_graceful=False)
-    sweep.join()
+    # ...the node running the tasks goes (its tasks wait for a node with CPUs), and a fresh one joins
+    cluster.remove_node(next(iter(cluster.worker_nodes)), allow_graceful=False)
+    cluster.add_node(num_cpus=2)
+    sweep.join(timeout=600)
+    assert not sweep.is_alive(), "the retried tasks never finished"
+    if raised:
+        raise raised[0]
     [results] = done
     assert sorted(r.spec.trial_id for r in results) == [0, 1, 2, 3]  # each trial once
     resumed = [r for r in results if any("from a checkpoint" in note for note in r.notes)]

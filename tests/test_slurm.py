@@ -45,7 +45,7 @@ def test_a_job_array_gives_the_local_runs_results(tmp_path, cluster):
 @pytest.mark.slow
 def test_the_running_jobs_steps_show_while_the_array_runs(tmp_path, monkeypatch):
     """Each job writes its step to a file under RUN/slurm/progress/; the driver shows it (here
-    every 0.1 s instead of 2, so short jobs report), and removes the files at the end."""
+    every 0.1 s instead of 2: the file's interval travels with the job), and removes the files."""
     from stabsweep.engine import slurm_executor
 
     monkeypatch.setattr(slurm_executor, "PROGRESS_EVERY_S", 0.1)
@@ -57,7 +57,7 @@ def test_the_running_jobs_steps_show_while_the_array_runs(tmp_path, monkeypatch)
     # not a terminal: a plain line each time the slowest running job gets a tenth further
     seen = [line.split("batch step ")[1].split(",")[0] for line in result.output.splitlines() if "batch step" in line]
     assert any(int(step.split("/")[0]) < int(step.split("/")[1]) for step in seen), result.output
-    assert not list((tmp_path / "slurm" / "progress").glob("*"))
+    assert not list((tmp_path / "slurm" / "progress").glob("*"))  # the submission's step files are gone
 
 
 @pytest.mark.slow

@@ -151,6 +151,11 @@ def against_full_training(divergence: float | None, unstable: float | None, top:
     unstable; ``top``, the highest rate the test reached, when it never blew up."""
     if unstable is None:
         return None
+    if divergence is None and top is not None and top < unstable:
+        return (
+            f"the range test stopped at {top:.3g}, below {unstable:.3g} where full training becomes unstable: "
+            "raise find.max_lr to compare them"
+        )
     if divergence is None:
         reached = f" up to {top:.3g}" if top is not None else ""
         return (

@@ -200,8 +200,7 @@ def describe(spikes: pd.DataFrame, trials: pd.DataFrame | None = None) -> str | 
     if trials is not None and len(optimizer):
         from stabsweep.records import TrialStatus
 
-        failed = trials["status"].map(lambda s: TrialStatus.of(s).instability or not TrialStatus.of(s).feasible)
-        failing = trials[failed]["trial_id"]  # diverged, unstable, learned nothing (an edge may do either)
+        failing = trials[trials["status"].map(lambda s: TrialStatus.of(s).failing)]["trial_id"]
         optimizer = optimizer[optimizer["trial_id"].isin(failing)]
     if len(optimizer):
         rates = sorted(optimizer["lr"].unique())

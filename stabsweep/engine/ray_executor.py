@@ -55,12 +55,14 @@ class RayExecutor:
         job = dataclasses.replace(job, device="cuda" if self.config.num_gpus > 0 else "cpu")
         units = split(specs, self._parallel_tasks(ray, len(specs)), job)
         task = ray.remote(run_unit_on_node).options(**resources, max_retries=self.config.max_retries)
-        steps = _steps_queue(ray) if progress is not None else None
-        pending = {task.remote(unit, job, steps): unit for unit in units}
+        lost_kinds = _lost_kinds(ray)
+        steps, pending = None, {}
         seen: dict[str, tuple[int, int]] = {}  # task -> (step, length) last reported
         try:
+            steps = _steps_queue(ray) if progress is not None else None
+            pending = {task.remote(unit, job, steps): unit for unit in units}
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_POLL_S if steps else None)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if steps is None else PROGRESS_POLL_S)
                 if steps is not None:
                     _report(steps, progress, seen)
                 if not ready:
@@ -72,14 +74,14 @@ class RayExecutor:
                 try:
                     node, results = ray.get(ready[0])
                     self.placements.update({spec.trial_id: node for spec in unit})
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+                except lost_kinds as exc:  # retries spent: the unit's trials are failed, the sweep goes on
                     results = lost(unit, exc)
                 yield from results
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
             if steps is not None:
-                steps.shutdown()
+                steps.shutdown(force=True)
 
     def _parallel_tasks(self, ray: object, count: int) -> int:
         if self.config.trials_per_task:
@@ -94,20 +96,37 @@ class RayExecutor:
 PROGRESS_POLL_S = 0.25  # how often the driver reads the tasks' steps, as the process executor does
 
 
-def _steps_queue(ray: object) -> object:
+def _lost_kinds(ray: object) -> tuple[type[BaseException], ...]:
+    """Ray's errors for a task that could not finish for the cluster's sake, not its code's: its
+    worker or node died, Ray's memory monitor killed it, its result was lost, or no node can
+    run it any more. Each costs the unit's trials (FAILED results), not the sweep."""
+    names = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError", "TaskUnschedulableError")
+    return tuple(getattr(ray.exceptions, name) for name in names if hasattr(ray.exceptions, name))  # type: ignore[attr-defined]
+
+
+def _steps_queue(ray: object) -> object | None:
     """Where remote tasks put their steps: Ray's actor-backed queue, on the driver's own node
-    (which lives as long as the sweep does) and taking no CPU from the trials."""
+    (which lives as long as the sweep does) and taking no CPU from the trials; None, and no
+    progress, where Ray cannot start it (a side feature never stops a sweep)."""
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()  # type: ignore[attr-defined]
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)})
+    try:
+        here = ray.get_runtime_context().get_node_id()  # type: ignore[attr-defined]
+        strategy = NodeAffinitySchedulingStrategy(here, soft=True)
+        return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": strategy})
+    except Exception:  # noqa: BLE001 - e.g. Ray Client, where the driver has no node of its own
+        return None
 
 
 def _report(steps: object, progress: Progress4, seen: dict[str, tuple[int, int]]) -> None:
     """Hand the steps the tasks reported since the last look to ``progress``."""
-    count = steps.qsize()  # type: ignore[attr-defined]
-    for task, step, length, running in steps.get_nowait_batch(count) if count else []:  # type: ignore[attr-defined]
+    try:
+        count = steps.qsize()  # type: ignore[attr-defined]
+        reports = steps.get_nowait_batch(count) if count else []  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the queue is gone: the finished trials still show
+        return
+    for task, step, length, running in reports:
         seen[task] = (step, length)
         progress(step, length, running, task)
 
@@ -123,10 +142,14 @@ def run_unit_on_node(specs: list[TrialSpec], job: TrialJob, steps: object = None
     context = ray.get_runtime_context()
     progress = None
     if steps is not None:
-        task = context.get_task_id()
+        task, working = context.get_task_id(), [True]
 
         def progress(step: int, length: int, running: int) -> None:
-            steps.put_nowait((task, step, length, running))  # type: ignore[attr-defined]
+            if working[0]:
+                try:  # one round trip to the queue, a few times a second (training/common.py)
+                    steps.put_nowait((task, step, length, running))  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - the queue is gone: train on without progress
+                    working[0] = False
 
     return context.get_node_id(), run_unit(specs, job, progress)
 

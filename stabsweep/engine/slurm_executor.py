@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +113,7 @@ class SlurmExecutor:
                         results = submitted.result()
                     except Exception as exc:  # noqa: BLE001 - a failed, timed-out or cancelled job: its trials are lost
                         lost.append((str(submitted.job_id), pending.pop(submitted), exc))
+                        _report(steps[submitted], progress, str(submitted.job_id), finished=True)
                         continue
                     pending.pop(submitted)
                     _report(steps[submitted], progress, str(submitted.job_id), finished=True)
@@ -120,9 +123,8 @@ class SlurmExecutor:
         finally:
             for submitted in pending:  # interrupted: do not leave the array running
                 submitted.cancel(check=False)
-            for file in files:
-                if file is not None:
-                    file.path.unlink(missing_ok=True)
+            if files and files[0] is not None:
+                shutil.rmtree(files[0].path.parent, ignore_errors=True)
         if lost:
             trials = sorted(spec.trial_id for _, unit, _ in lost for spec in unit)
             first = lost[0]
@@ -134,9 +136,11 @@ class SlurmExecutor:
             )
 
     def _step_files(self, count: int) -> list[StepFile]:
-        folder = self.folder / "progress"
+        """A folder of its own for this submission's step files (two commands of one run
+        folder, or a rerun after a cancelled array, never read each other's)."""
+        folder = (self.folder / "progress" / uuid.uuid4().hex[:12]).absolute()
         folder.mkdir(parents=True, exist_ok=True)
-        return [StepFile(folder / f"unit{i}.txt") for i in range(count)]
+        return [StepFile(folder / f"unit{i}.txt", every_s=PROGRESS_EVERY_S) for i in range(count)]
 
     def parameters(self) -> dict[str, Any]:
         """submitit's parameters: the generic ones, and SLURM's own for the slurm cluster."""

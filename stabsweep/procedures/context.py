@@ -164,7 +164,7 @@ class Context:
 
         todo = [s for s in specs if s.trial_id not in store.completed]
         store.epoch_length = self.epoch_length
-        checkpoints = str(store.checkpoints.resolve())  # absolute: a remote worker's folder is not ours
+        checkpoints = str(store.checkpoints.absolute())  # absolute: a remote worker's folder is not ours
         job = dataclasses.replace(
             job, checkpoint_dir=checkpoints, checkpoint_every=self.config.execution.checkpoint_every
         )

@@ -63,7 +63,7 @@ def lanczos_top(
     ``dim`` entries, dtype and device of ``like``) by scipy's ``eigsh``. Non-convergence within
     ``max_matvecs`` products is not an error: the best estimate is returned with its residual."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController, threadpool_limits
 
     count = 0
 
@@ -79,8 +79,9 @@ def lanczos_top(
     try:
         # ARPACK's own work is tiny (vectors of ``dim``), but numpy's OpenBLAS threads spin
         # between its calls and take the cores from torch's threads computing the products:
-        # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One BLAS thread here.
-        with threadpool_limits(1, user_api="blas"):
+        # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One thread for numpy's
+        # and scipy's BLAS only: where torch links a BLAS of its own, its products keep theirs.
+        with threadpool_limits(limits=_numpy_blas(ThreadpoolController())):
             values, vectors = eigsh(
                 operator, k=1, which="LA", tol=tol, ncv=ncv, v0=start, maxiter=max(1, max_matvecs // ncv)
             )
@@ -91,6 +92,15 @@ def lanczos_top(
     value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
     residual = float(np.linalg.norm(product(vector) - value * vector) / max(abs(value), 1e-30))
     return Eigen(value, residual, count, "lanczos (scipy eigsh)")
+
+
+def _numpy_blas(controller: Any) -> dict[str, int]:
+    """threadpoolctl limits of one thread for the BLAS libraries numpy and scipy load."""
+    return {
+        lib["prefix"]: 1
+        for lib in controller.info()
+        if lib["user_api"] == "blas" and any(name in lib["filepath"] for name in ("numpy", "scipy"))
+    }
 
 
 def twice_differentiable() -> Any:
@@ -112,8 +122,8 @@ class ModelHessian:
     through the kept graph, because forward mode re-runs the forward and the backward with
     dual numbers for every product while the kept graph runs one backward; forward mode also
     tripped on a ZeroTensor written in place (a linear least-squares loss). The price is
-    memory: the gradient's graph (about a training step's activations, twice) lives while
-    the probe runs.
+    memory: the gradient's graph over all ``batches`` (about their activations, twice: four
+    training steps' worth at ``curvature.batches: 4``) lives while the probe runs.
 
     The loss is that of training mode (dropout masks drawn from a fixed seed, so every product
     sees the same function; BatchNorm from each batch's statistics, its running buffers left
@@ -140,7 +150,7 @@ class ModelHessian:
         self.flat = torch.cat([p.reshape(-1) for p in self.params.values()])
         self.dim = self.flat.numel()
         self.scale: torch.Tensor | None = None
-        self.graph: tuple[list[torch.Tensor], tuple[torch.Tensor, ...]] | None = None  # built by the first product
+        self.graph: tuple[list[torch.Tensor], list[torch.Tensor], list[int]] | None = None  # by the first product
 
     def loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         from torch.func import functional_call
@@ -158,10 +168,12 @@ class ModelHessian:
         return training_loss(self.workload, model, batch).float()
 
     def gradient(self) -> torch.Tensor:
-        """The loss's gradient, flat."""
+        """The loss's gradient, flat (zeros for weights the loss does not reach)."""
         inputs = [p.detach().clone().requires_grad_() for p in self.params.values()]
         loss = self.loss(dict(zip(self.names, inputs, strict=True)))
-        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, inputs)])
+        found = torch.autograd.grad(loss, inputs, allow_unused=True)
+        found = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, found, strict=True)]
+        return torch.cat([g.reshape(-1) for g in found])
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
         """H·v (or D·H·D·v), flat: one backward pass through the gradient's graph, kept."""
@@ -169,16 +181,27 @@ class ModelHessian:
             vector = vector * self.scale
         if self.graph is None:
             self.graph = self._gradient_graph()
-        inputs, gradient = self.graph
-        product = torch.autograd.grad(gradient, inputs, list(self._split(vector).values()), retain_graph=True)
+        inputs, gradient, used = self.graph
+        tangent = list(self._split(vector).values())
+        found = (
+            torch.autograd.grad(gradient, [inputs[i] for i in used], [tangent[i] for i in used], retain_graph=True)
+            if used
+            else []
+        )
+        product = [torch.zeros_like(p) for p in inputs]  # a weight the loss does not reach has no curvature
+        for i, value in zip(used, found, strict=True):
+            product[i] = value
         out = torch.cat([p.reshape(-1) for p in product])
         return out * self.scale if self.scale is not None else out
 
-    def _gradient_graph(self) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
-        """The gradient with its graph kept (``create_graph``), built once for every product."""
+    def _gradient_graph(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+        """The gradient with its graph kept (``create_graph``), built once for every product,
+        and which weights the loss reaches (an unused head or pooler has no gradient)."""
         inputs = [p.detach().clone().requires_grad_() for p in self.params.values()]
         loss = self.loss(dict(zip(self.names, inputs, strict=True)))
-        return inputs, torch.autograd.grad(loss, inputs, create_graph=True)
+        found = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
+        used = [i for i, g in enumerate(found) if g is not None and g.requires_grad]
+        return inputs, [found[i] for i in used], used
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0
