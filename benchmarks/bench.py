@@ -12,7 +12,8 @@
 (models) real models' 8-rate sweeps: vectorized against sequential, one trial and a plain
               loop, and the batch's peak memory (benchmarks/models.py)
 (cluster) 1,000 tiny trials through Ray on a 4-node local cluster: the overhead per trial,
-              the driver's CPU per trial and the results store's write rate (benchmarks/cluster.py)
+              the driver's CPU per trial and the results store's write rate (benchmarks/cluster.py;
+              --cluster-runs rounds, 1 by default: a round takes about a minute here)
 
 Beside (b) it prints (b floor): the sweep's arithmetic alone, each step's forward and backward
 for the trials still running at that step, written as plain batched matrix products (no

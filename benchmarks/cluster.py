@@ -23,7 +23,9 @@ cores' parallelism and each trial's own seconds include waiting for a core; (dri
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -71,6 +73,7 @@ def rows(runs: int, trials: int, console: Console) -> list[tuple]:
     nodes = cluster()
     console.print(f"a {NODES}-node local Ray cluster started in {time.perf_counter() - start:.1f} s")
     scratch = Path(tempfile.mkdtemp(prefix="stabsweep-bench-cluster-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     grid = {"lr_sweep.lrs": {"min": 1e-3, "max": 0.1, "num": trials}}
 
     def context(executor: str) -> Context:
