@@ -60,6 +60,31 @@ def test_lanczos_and_power_iteration_match_the_full_hessian():
     assert abs(values[0] - exact) / exact < 1e-3 and residuals[0] < 1e-2
 
 
+def test_the_probe_picks_its_threads_by_timing_and_gives_torchs_back(monkeypatch):
+    from stabsweep.training import curvature
+
+    picked = []
+
+    class Recording(curvature.ProductThreads):
+        def restore(self):
+            picked.append((self.before, self.chosen, {n: len(t) for n, t in self.seconds.items()}))
+            super().restore()
+
+    monkeypatch.setattr(curvature, "ProductThreads", Recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        workload = tiny_workload()
+        hessian = ModelHessian(workload, workload.train_data)
+        found = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=1e-6)
+        assert torch.get_num_threads() == 2  # restored
+        assert found.value == pytest.approx(full_hessian_top(hessian), rel=1e-3)
+        [(was, chosen, timed)] = picked
+        assert was == 2 and chosen in (1, 2) and timed == {1: 2, 2: 2}  # two products each way
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_weight_the_loss_never_reaches_has_no_curvature_and_does_not_stop_the_probe():
     """A trainable head the loss does not use (an unused pooler, say): its rows of H are zero."""
 
