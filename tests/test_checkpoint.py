@@ -148,12 +148,12 @@ def test_kill_9_mid_batch_then_resume_gives_the_files_of_an_uninterrupted_run(fl
     process = subprocess.Popen([*command, "-q"], env=env, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if list((out / "lr" / "checkpoints").glob("*.ckpt")):
+        if list((out / "lr" / "checkpoints").rglob("*.ckpt")):
             break
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its workers, mid-batch
     process.wait()
-    assert list((out / "lr" / "checkpoints").glob("*.ckpt")), "the kill should land after a checkpoint"
+    assert list((out / "lr" / "checkpoints").rglob("*.ckpt")), "the kill should land after a checkpoint"
 
     resumed = CliRunner().invoke(app, [*command[3:], "--resume"])  # in this process: the kill was the real one
     assert resumed.exit_code == 0, resumed.output
@@ -163,7 +163,7 @@ def test_kill_9_mid_batch_then_resume_gives_the_files_of_an_uninterrupted_run(fl
         pd.testing.assert_frame_equal(
             got.drop(columns="wall_seconds", errors="ignore"), want.drop(columns="wall_seconds", errors="ignore")
         )
-    assert not list((out / "lr" / "checkpoints").glob("*"))
+    assert not list((out / "lr" / "checkpoints").rglob("*.ckpt"))
 
 
 def test_a_batchnorm_batch_resumes_with_each_trials_running_statistics(tmp_path, monkeypatch):
@@ -186,3 +186,26 @@ def test_a_batchnorm_batch_resumes_with_each_trials_running_statistics(tmp_path,
     assert all(any("from a checkpoint" in note for note in r.notes) for r in resumed)
     assert all(r.engine == "vectorized" for r in resumed)
     assert_same_results(resumed, reference)
+
+
+def test_each_run_saves_into_its_own_checkpoint_folder_and_only_resume_keeps_it(tmp_path):
+    """A checkpoint another run left behind (on a Ray node's own disk, where --force cannot
+    delete it) is never taken for a new run's, even when its trials are the same."""
+    from stabsweep.config.loader import load_config
+    from stabsweep.results.store import ResultsStore
+
+    from .conftest import CONFIGS
+
+    config = load_config(CONFIGS / "smoke.yaml", {})
+
+    def reopen(**how):
+        return ResultsStore.open(tmp_path / "lr", config, **how)
+
+    first = reopen()
+    first.checkpoints.mkdir(parents=True)
+    (first.checkpoints / "batch.ckpt").write_bytes(b"saved")
+    assert reopen(resume=True).checkpoints == first.checkpoints  # --resume continues this run's
+    fresh = reopen(force=True)
+    assert fresh.checkpoints != first.checkpoints and not first.checkpoints.exists()
+    again = reopen()  # a new run in a folder with no results: a new id, the old saves gone
+    assert again.checkpoints not in (first.checkpoints, fresh.checkpoints)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
 SHARPNESS, SPIKES = "sharpness.csv", "spikes.csv"
+RUN_ID = ".run_id"  # the run's id, naming its checkpoint folder
 OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS, SPIKES, "summary.json", "config.yaml")
 _STATUSES = ", ".join(s.value for s in TrialStatus)
 
@@ -43,6 +45,7 @@ class ResultsStore:
         self.epoch_length: int | None = None  # batches per epoch: steps.csv's epoch and batch columns
         self.threshold: Any = None  # analysis.curvature.Threshold of the run's optimizer: sharpness.csv's bound
         self.ran: dict[int, dict[str, Any]] = {}  # trial id -> its trials.csv row, for every finished trial
+        self.run_id = "run"  # names this run's checkpoint folder (``open`` sets it: see ``checkpoints``)
 
     @classmethod
     def open(cls, folder: Path, config: Config, *, resume: bool = False, force: bool = False) -> ResultsStore:
@@ -63,6 +66,7 @@ class ResultsStore:
         elif resume and has_results:
             store.check_same_config(config)
             store.drop_unfinished()
+        store.run_id = store._run_id(keep=resume)
         store.write_config(config)
         from stabsweep.analysis.curvature import threshold
 
@@ -76,16 +80,30 @@ class ResultsStore:
 
     @property
     def checkpoints(self) -> Path:
-        """Where running batches save themselves (training/checkpoint.py)."""
-        return self.folder / "checkpoints"
+        """Where running batches save themselves (training/checkpoint.py): a folder per run,
+        kept by ``--resume`` and new otherwise, so a checkpoint another run left where this
+        one cannot delete it (a Ray node's own disk, without shared storage) is never taken
+        for this run's."""
+        return self.folder / "checkpoints" / self.run_id
+
+    def _run_id(self, keep: bool) -> str:
+        import uuid
+
+        path = self.folder / RUN_ID
+        if keep and path.is_file():
+            return path.read_text().strip()
+        shutil.rmtree(self.folder / "checkpoints", ignore_errors=True)  # an earlier run's: never resumed now
+        run_id = uuid.uuid4().hex[:12]
+        path.write_text(run_id + "\n")
+        return run_id
 
     def clear(self) -> None:
         """Delete this command's results, so a run starts over."""
         for name in OUTPUTS:
             (self.folder / name).unlink(missing_ok=True)
-        for pattern in ("plots/*.png", "checkpoints/*"):
-            for path in self.folder.glob(pattern):
-                path.unlink()
+        for path in self.folder.glob("plots/*.png"):
+            path.unlink()
+        shutil.rmtree(self.folder / "checkpoints", ignore_errors=True)
 
     def write_config(self, config: Config) -> None:
         (self.folder / "config.yaml").write_text(dump_config(config, self.folder))

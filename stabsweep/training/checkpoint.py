@@ -1,7 +1,8 @@
 """Checkpoints of running trials, so a killed sweep resumes mid-batch with nothing finished lost.
 
 A running batch (or a trial running alone) saves its whole state every
-``execution.checkpoint_every`` seconds into ``<run folder>/checkpoints/``: weights, optimizer
+``execution.checkpoint_every`` seconds into ``<run folder>/checkpoints/<run id>/`` (results/store.py's
+``checkpoints``: one folder per run, kept by ``--resume``): weights, optimizer
 and clipping state, the random states, the data stream's position, the records so far and the
 results of its trials that already finished. A save is written to a temporary file and then
 renamed over the last one, so a kill during a save leaves the previous checkpoint intact.
