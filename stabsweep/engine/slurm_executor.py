@@ -103,12 +103,18 @@ class SlurmExecutor:
         pending = dict(zip(jobs, units, strict=True))
         steps = dict(zip(jobs, files, strict=True))
         lost: list[tuple[str, list[TrialSpec], BaseException]] = []
+        last_read = -math.inf
         try:
             while pending:
+                # the step files are read as often as they are written, not at every poll: at a
+                # thousand jobs that is a thousand small reads of shared storage each time
+                read = time.monotonic() - last_read >= PROGRESS_EVERY_S
+                last_read = time.monotonic() if read else last_read
                 for submitted in list(pending):
                     try:  # the debug cluster runs the job inside done(): its error may surface there
                         if not submitted.done():
-                            _report(steps[submitted], progress, str(submitted.job_id))
+                            if read:
+                                _report(steps[submitted], progress, str(submitted.job_id))
                             continue
                         results = submitted.result()
                     except Exception as exc:  # noqa: BLE001 - a failed, timed-out or cancelled job: its trials are lost
