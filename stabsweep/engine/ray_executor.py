@@ -67,10 +67,10 @@ class RayExecutor:
                     _report(steps, progress, seen)
                 if not ready:
                     continue
-                unit = pending.pop(ready[0])
-                done = seen.pop(ready[0].task_id().hex(), None)
-                if done is not None:  # the display stops counting its trials as running
-                    progress(done[1], done[1], 0, ready[0].task_id().hex())
+                unit, finished = pending.pop(ready[0]), ready[0].task_id().hex()
+                if finished in seen:  # the display stops counting its trials as running
+                    length = seen.pop(finished)[1]
+                    progress(length, length, 0, finished)
                 try:
                     node, results = ray.get(ready[0])
                     self.placements.update({spec.trial_id: node for spec in unit})

@@ -44,7 +44,7 @@ class StepFile:
     reads half a line). Progress is a side feature: a write that fails is skipped, never fatal."""
 
     path: Path
-    every_s: float = PROGRESS_EVERY_S
+    every_s: float  # PROGRESS_EVERY_S as the driver read it: the job's process sees only this copy
     last: float = -math.inf
 
     def __call__(self, step: int, length: int, running: int) -> None:
@@ -97,8 +97,8 @@ class SlurmExecutor:
                 "node, or set execution.slurm.cluster to local (a process per job here) to try the set-up"
             ) from None
         executor.update_parameters(**self.parameters())
-        files = self._step_files(len(units)) if progress is not None else [None] * len(units)
         count = len(units)
+        files = self._step_files(count) if progress is not None else [None] * count
         jobs = executor.map_array(run_job, units, [job] * count, files, [config.cpus_per_task] * count)
         pending = dict(zip(jobs, units, strict=True))
         steps = dict(zip(jobs, files, strict=True))
@@ -108,8 +108,10 @@ class SlurmExecutor:
             while pending:
                 # the step files are read as often as they are written, not at every poll: at a
                 # thousand jobs that is a thousand small reads of shared storage each time
-                read = time.monotonic() - last_read >= PROGRESS_EVERY_S
-                last_read = time.monotonic() if read else last_read
+                now = time.monotonic()
+                read = now - last_read >= PROGRESS_EVERY_S
+                if read:
+                    last_read = now
                 for submitted in list(pending):
                     try:  # the debug cluster runs the job inside done(): its error may surface there
                         if not submitted.done():

@@ -74,9 +74,7 @@ def lanczos_top(
         nonlocal count
         count += 1
         vector = torch.as_tensor(np.ascontiguousarray(x).ravel(), dtype=like.dtype, device=like.device)
-        if threads is None:
-            return matvec(vector).detach().double().cpu().numpy()
-        with threads.timed(count):
+        with threads.timed(count) if threads is not None else contextlib.nullcontext():
             return matvec(vector).detach().double().cpu().numpy()
 
     operator = LinearOperator((dim, dim), matvec=product, dtype=np.float64)
