@@ -116,6 +116,45 @@ def test_existing_results_need_resume_or_force(smoke_config, tmp_path):
     assert invoke("lr", smoke_config, "--out", tmp_path, "--force", "-q").exit_code == 0
 
 
+class Killed(BaseException):
+    """Raised mid-write: the process is gone, as after kill -9 (nothing is cleaned up)."""
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_first_trials_row_leaves_a_run_to_resume_not_rows_to_append_to(
+    smoke_config, tmp_path, monkeypatch
+):
+    """The first trial's steps.csv rows are written, its trials.csv row is not: the folder
+    has no trials.csv, yet it is not empty. A plain rerun would append a second copy of
+    those rows; it is refused, and --resume drops them before it runs the trial again."""
+    from stabsweep.results import lock
+    from stabsweep.results.store import STEPS, ResultsStore
+
+    reference = tmp_path / "reference"
+    assert invoke("lr", smoke_config, "--out", reference, "-q").exit_code == 0
+    real = ResultsStore._append
+
+    def killed_after_the_steps(store, name, frame):
+        real(store, name, frame)
+        if name == STEPS:
+            raise Killed
+
+    monkeypatch.setattr(ResultsStore, "_append", killed_after_the_steps)
+    with pytest.raises(Killed):
+        runner.invoke(app, ["lr", str(smoke_config), "--out", str(tmp_path / "killed"), "-q"])
+    monkeypatch.undo()
+    lock.release_all()  # the kernel's part, when a killed process ends
+    folder = tmp_path / "killed" / "lr"
+    assert (folder / "steps.csv").exists() and not (folder / "trials.csv").exists()
+
+    again = runner.invoke(app, ["lr", str(smoke_config), "--out", str(tmp_path / "killed")])
+    assert again.exit_code == 2 and "steps.csv rows without their trials.csv row" in again.output
+    assert "--resume" in again.output
+    resumed = invoke("lr", smoke_config, "--out", tmp_path / "killed", "--resume", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_sweep(sweep_files(folder), sweep_files(reference / "lr"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "process", pytest.param("ray", marks=needs_ray)])
 def test_interrupted_sweep_resumes_to_the_same_files(executor, smoke_config, tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
 SHARPNESS, SPIKES = "sharpness.csv", "spikes.csv"
 RUN_ID = ".run_id"  # the run's id, naming its checkpoint folder
+CHECKPOINT = ".ckpt"  # a checkpoint file's suffix (training/checkpoint.py)
 OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS, SPIKES, "summary.json", "config.yaml")
 _STATUSES = ", ".join(s.value for s in TrialStatus)
 
@@ -60,10 +61,16 @@ class ResultsStore:
         has_results = (folder / TRIALS).exists()
         if has_results and not (resume or force):
             raise UserError(f"{folder} already holds results: add --resume to finish them, or --force to start over")
+        interrupted = store.interrupted()
+        if interrupted and not (resume or force):
+            raise UserError(
+                f"{folder} holds a killed run's unfinished work ({interrupted}): add --resume to finish it, "
+                "or --force to start over"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         if force:
             store.clear()
-        elif resume and has_results:
+        elif resume and (has_results or interrupted):
             store.check_same_config(config)
             store.drop_unfinished()
         store.run_id = store._run_id(keep=resume)
@@ -72,6 +79,19 @@ class ResultsStore:
 
         store.threshold = threshold(config.train.optimizer.name, config.train.optimizer.kwargs)
         return store
+
+    def interrupted(self) -> str | None:
+        """What a run killed before its first ``trials.csv`` row left here (a finished trial's
+        step rows, a checkpoint), in words; None when it left nothing. Such a folder is not
+        empty: a new run would append to those rows, and ``--resume`` finishes it."""
+        if (self.folder / TRIALS).exists():
+            return None
+        rows = [name for name in (STEPS, EVALS, LAYERS, SHARPNESS) if (self.folder / name).exists()]
+        if rows:
+            return f"{rows[0]} rows without their trials.csv row"
+        if any((self.folder / "checkpoints").glob(f"*/*{CHECKPOINT}")):
+            return "a checkpoint of a running batch"
+        return None
 
     @property
     def completed(self) -> set[int]:

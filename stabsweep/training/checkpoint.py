@@ -26,8 +26,7 @@ from typing import Any
 import torch
 
 from stabsweep.records import TrialSpec
-
-SUFFIX = ".ckpt"
+from stabsweep.results.store import CHECKPOINT as SUFFIX
 
 
 def batch_key(specs: list[TrialSpec]) -> str:
