@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 TRIALS, STEPS, EVALS, LAYERS = "trials.csv", "steps.csv", "evals.csv", "layers.csv"
 SHARPNESS, SPIKES = "sharpness.csv", "spikes.csv"
 RUN_ID = ".run_id"  # the run's id, naming its checkpoint folder
-CHECKPOINT = ".ckpt"  # a checkpoint file's suffix (training/checkpoint.py)
 OUTPUTS = (TRIALS, STEPS, EVALS, LAYERS, SHARPNESS, SPIKES, "summary.json", "config.yaml")
 _STATUSES = ", ".join(s.value for s in TrialStatus)
 
@@ -89,7 +88,9 @@ class ResultsStore:
         rows = [name for name in (STEPS, EVALS, LAYERS, SHARPNESS) if (self.folder / name).exists()]
         if rows:
             return f"{rows[0]} rows without their trials.csv row"
-        if any((self.folder / "checkpoints").glob(f"*/*{CHECKPOINT}")):
+        from stabsweep.training.checkpoint import SUFFIX
+
+        if any((self.folder / "checkpoints").glob(f"*/*{SUFFIX}")):
             return "a checkpoint of a running batch"
         return None
 

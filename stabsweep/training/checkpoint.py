@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from stabsweep.records import TrialSpec
-from stabsweep.results.store import CHECKPOINT as SUFFIX
+
+SUFFIX = ".ckpt"
 
 
 def batch_key(specs: list[TrialSpec]) -> str:
