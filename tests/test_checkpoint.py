@@ -215,3 +215,16 @@ def test_each_run_saves_into_its_own_checkpoint_folder_and_only_resume_keeps_it(
     assert fresh.checkpoints != first.checkpoints and not first.checkpoints.exists()
     again = reopen()  # a new run in a folder with no results: a new id, the old saves gone
     assert again.checkpoints not in (first.checkpoints, fresh.checkpoints)
+
+
+def test_a_finished_batch_removes_the_partial_saves_a_killed_process_left(tmp_path):
+    """A process killed mid-save (a lost Ray node, a SLURM job) leaves ``<key>.tmp<pid>``;
+    the batch that finishes in its place removes it with its own checkpoint."""
+    folder = tmp_path / "checkpoints"
+    batch = checkpoint.batch_key(specs())
+    folder.mkdir()
+    (folder / f"{batch}.tmp4242").write_bytes(b"half a save")
+    (folder / "another-batch.tmp4242").write_bytes(b"not this batch's")
+    results = list(run_trials(specs(), dataclasses.replace(job(tmp_path, "vectorized"), checkpoint_every=1e-9)))
+    assert len(results) == len(specs())
+    assert sorted(p.name for p in folder.iterdir()) == ["another-batch.tmp4242"]

@@ -63,8 +63,12 @@ class Checkpointer:
         self.next_save = time.monotonic() + self.every
 
     def discard(self) -> None:
+        """Remove the batch's checkpoint, and the partial saves of any process killed while
+        saving it (a ``.tmp<pid>`` file each: on a Ray node or SLURM job that died mid-save)."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+            for partial in self.path.parent.glob(f"{self.path.stem}.tmp*"):
+                partial.unlink(missing_ok=True)
 
 
 def saved(folder: str | None) -> list[tuple[Path, dict[str, Any]]]:
