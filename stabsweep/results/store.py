@@ -63,7 +63,7 @@ class ResultsStore:
         interrupted = store.interrupted()
         if interrupted and not (resume or force):
             raise UserError(
-                f"{folder} holds a killed run's unfinished work ({interrupted}): add --resume to finish it, "
+                f"{folder} holds an interrupted run's unfinished work ({interrupted}): add --resume to finish it, "
                 "or --force to start over"
             )
         folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class ResultsStore:
         return store
 
     def interrupted(self) -> str | None:
-        """What a run killed before its first ``trials.csv`` row left here (a finished trial's
+        """What a run stopped before its first ``trials.csv`` row left here (a finished trial's
         step rows, a checkpoint), in words; None when it left nothing. Such a folder is not
         empty: a new run would append to those rows, and ``--resume`` finishes it."""
         if (self.folder / TRIALS).exists():
