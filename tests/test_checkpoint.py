@@ -122,9 +122,9 @@ def _raise():
 # Momentum SGD at calm rates, not Adam: about one resume in a hundred under the process
 # executor came back with the last bit of a float32 sum changed a few steps after the
 # checkpoint (cause not found; in-process resumes at every step were exact), and Adam
-# amplifies one bit into the fourth digit of the final loss within a hundred steps. Here such
-# a difference stays below the 1e-5 the frames are compared within, while a real resume fault
-# (a wrong batch, step or optimizer state) moves the losses at once.
+# carried one bit into the fourth digit of the final loss within 120 steps. Momentum SGD at
+# calm rates does not amplify a bit like that, so the frames' 1e-5 comparison still holds,
+# while a real resume fault (a wrong batch, step or optimizer state) moves the losses at once.
 SWEEP = """\
 # stabsweep lr sweep.yaml
 name: killed
