@@ -18,6 +18,7 @@ import stabsweep
 from stabsweep.analysis.curvature import compare, stable_sharpness, threshold
 from stabsweep.cli import app
 from stabsweep.optim.optimizers import build_optimizer
+from stabsweep.training import curvature as curvature_module
 from stabsweep.training.curvature import ModelHessian, PowerIteration, lanczos_top
 
 from .conftest import CONFIGS
@@ -60,27 +61,42 @@ def test_lanczos_and_power_iteration_match_the_full_hessian():
     assert abs(values[0] - exact) / exact < 1e-3 and residuals[0] < 1e-2
 
 
-def test_the_probe_picks_its_threads_by_timing_and_gives_torchs_back(monkeypatch):
-    from stabsweep.training import curvature
+@pytest.mark.parametrize("parallel_from", [curvature_module.ProductThreads.PARALLEL_FROM, 0.0])
+def test_the_probe_starts_on_one_thread_times_more_only_for_slow_products_and_gives_torchs_back(
+    monkeypatch, parallel_from
+):
+    """A tiny model's product is fast: it stays on one thread (waking torch's pool costs more).
+    With the bar at 0 every product is "slow": two more are timed on torch's own count."""
+    picked, threads_seen = [], []
 
-    picked = []
+    class Recording(curvature_module.ProductThreads):
+        PARALLEL_FROM = parallel_from
 
-    class Recording(curvature.ProductThreads):
         def restore(self):
             picked.append((self.before, self.chosen, {n: len(t) for n, t in self.seconds.items()}))
             super().restore()
 
-    monkeypatch.setattr(curvature, "ProductThreads", Recording)
+    monkeypatch.setattr(curvature_module, "ProductThreads", Recording)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         workload = tiny_workload()
         hessian = ModelHessian(workload, workload.train_data)
-        found = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=1e-6)
+
+        def product(vector):
+            threads_seen.append(torch.get_num_threads())
+            return hessian(vector)
+
+        found = lanczos_top(product, hessian.dim, like=hessian.flat, tol=1e-6)
         assert torch.get_num_threads() == 2  # restored
         assert found.value == pytest.approx(full_hessian_top(hessian), rel=1e-3)
         [(was, chosen, timed)] = picked
-        assert was == 2 and chosen in (1, 2) and timed == {1: 2, 2: 2}  # two products each way
+        assert threads_seen[:3] == [1, 1, 1]  # the graph's build and the first timed products
+        if parallel_from:
+            assert was == 2 and chosen == 1 and timed == {1: 2, 2: 0} and set(threads_seen) == {1}
+        else:
+            assert was == 2 and chosen in (1, 2) and timed == {1: 2, 2: 2} and threads_seen[3:5] == [2, 2]
+            assert set(threads_seen[5:]) == {chosen}
     finally:
         torch.set_num_threads(before)
 

@@ -81,57 +81,66 @@ def lanczos_top(
     start = np.random.default_rng(seed).standard_normal(dim)
     ncv = min(dim, 20)
     try:
-        # ARPACK's own work is tiny (vectors of ``dim``), but numpy's OpenBLAS threads spin
-        # between its calls and take the cores from torch's threads computing the products:
-        # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One thread for numpy's
-        # and scipy's BLAS only: where torch links a BLAS of its own, its products keep theirs.
-        with threadpool_limits(limits=_numpy_blas(ThreadpoolController())):
-            values, vectors = eigsh(
-                operator, k=1, which="LA", tol=tol, ncv=ncv, v0=start, maxiter=max(1, max_matvecs // ncv)
-            )
-    except ArpackNoConvergence as exc:  # the best Ritz pair so far, judged by its residual below
-        values, vectors = exc.eigenvalues, exc.eigenvectors
-        if not len(values):
-            return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
+        try:
+            # ARPACK's own work is tiny (vectors of ``dim``), but numpy's OpenBLAS threads spin
+            # between its calls and take the cores from torch's threads computing the products:
+            # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One thread for numpy's
+            # and scipy's BLAS only: where torch links a BLAS of its own, its products keep theirs.
+            with threadpool_limits(limits=_numpy_blas(ThreadpoolController())):
+                values, vectors = eigsh(
+                    operator, k=1, which="LA", tol=tol, ncv=ncv, v0=start, maxiter=max(1, max_matvecs // ncv)
+                )
+        except ArpackNoConvergence as exc:  # the best Ritz pair so far, judged by its residual below
+            values, vectors = exc.eigenvalues, exc.eigenvectors
+            if not len(values):
+                return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
+        value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
+        residual = float(np.linalg.norm(product(vector) - value * vector) / max(abs(value), 1e-30))
     finally:
         if threads is not None:
             threads.restore()
-    value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
-    residual = float(np.linalg.norm(product(vector) - value * vector) / max(abs(value), 1e-30))
     return Eigen(value, residual, count, "lanczos (scipy eigsh)")
 
 
 class ProductThreads:
-    """torch's CPU threads for the solver's products, chosen by timing the first ones.
+    """torch's CPU threads for the solver's products: one, unless a product is slow enough for
+    more to pay.
 
     ARPACK calls back for one product at a time from the main thread. A small model's product
-    (the quickstart MLP's, 3 ms) loses more to waking torch's other threads, which then
-    contend with ARPACK's own work, than it gains: the whole probe took 0.10 s on one thread
-    against 0.17 s on two (2 cores). A larger model's product gains (the post-norm
-    Transformer's probe: 2.1 s on two against 3.2 s on one). So products 2 to 5 alternate one
-    thread and torch's own count (the first builds the graph and is not timed), and the rest
-    run on whichever was faster. No product is spent on the choice.
+    gains nothing from torch's other threads and loses to waking them: on the quickstart MLP
+    (2 cores) a product took 2.2 ms on one thread and on two, but the first products on two
+    took 9 to 100 ms while the pool woke, and the whole probe 0.16 to 0.26 s against 0.12 to
+    0.13 s on one thread. A larger model's product gains (the post-norm Transformer's probe:
+    2.1 s on two threads against 3.2 s on one). So the products start on one thread (the first
+    builds the graph and is not timed); products 2 and 3 are timed there, and only when the
+    faster took at least ``PARALLEL_FROM`` (where 30 products take 0.3 s, so halving them would
+    repay a slow wake) products 4 and 5 are timed on torch's own count and the rest run on
+    whichever was faster. No product is spent on the choice; torch's count is restored after.
     """
 
-    TRIAL = range(2, 6)  # the products that are timed, alternately on one and on all threads
+    PARALLEL_FROM = 0.010  # seconds a one-thread product takes before more threads are tried
+    ONE, ALL = (2, 3), (4, 5)  # the products timed on one thread, then on torch's own count
 
     def __init__(self) -> None:
         self.before = torch.get_num_threads()
         self.seconds: dict[int, list[float]] = {1: [], self.before: []}
         self.chosen: int | None = None if self.before > 1 else self.before
+        torch.set_num_threads(1)
 
     @contextlib.contextmanager
     def timed(self, count: int) -> Iterator[None]:
         """Around product number ``count`` (from 1)."""
-        if self.chosen is not None or count not in self.TRIAL:
+        if self.chosen is not None or count not in self.ONE + self.ALL:
             yield
             return
-        threads = 1 if count % 2 == 0 else self.before
+        threads = 1 if count in self.ONE else self.before
         torch.set_num_threads(threads)
         start = time.perf_counter()
         yield
         self.seconds[threads].append(time.perf_counter() - start)
-        if count == self.TRIAL[-1]:
+        if count == self.ONE[-1] and min(self.seconds[1]) < self.PARALLEL_FROM:
+            self.chosen = 1
+        elif count == self.ALL[-1]:
             self.chosen = min(self.seconds, key=lambda n: min(self.seconds[n]))
             torch.set_num_threads(self.chosen)
 
