@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: setup demo test lint format bench smoke smoke-baseline report-screenshot tensorboard-screenshot clean
+.PHONY: setup demo test lint format bench curvature-table smoke smoke-baseline report-screenshot tensorboard-screenshot clean
 
 $(RUNTIME): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -65,6 +65,9 @@ format: $(DEV)
 
 bench: $(DEV)  ## the engine's speed ratios, measured in one run; written to runs/bench/bench.csv
 	$(PY) benchmarks/bench.py
+
+curvature-table: $(RUNTIME)  ## the README's curvature table: each workload's lr sweep, then its probe (about 12 minutes)
+	$(PY) benchmarks/curvature_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import stabsweep
-from stabsweep.analysis.curvature import compare, stable_sharpness, threshold
+from stabsweep.analysis.curvature import SweepEdge, compare, stable_sharpness, sweep_edge, threshold
 from stabsweep.cli import app
 from stabsweep.optim.optimizers import build_optimizer
 from stabsweep.training import curvature as curvature_module
@@ -188,8 +188,40 @@ def test_adams_preconditioned_threshold_holds_on_a_quadratic():
 def test_thresholds_in_words_and_comparisons():
     assert threshold("momentum", {}).formula == "(2 + 2β)/η" and threshold("momentum", {}).constant == 3.8
     assert threshold("nadam", {}) is None
-    assert "catapult" in compare(0.1, 0.5, 0.05) and "progressive sharpening" in compare(1.0, 0.3, 0.1)
-    assert "decides it" in compare(1.0, 1.2, 0.5)
+    assert "catapult" in compare(0.1, SweepEdge(0.5, "diverged", 0.5, 0.05))
+    assert "decides it" in compare(1.0, SweepEdge(1.2, "diverged", 1.2, 0.5))
+    sharpened = SweepEdge(0.3, "diverged", 0.3, 0.1)
+    assert "likely sharpened" in compare(1.0, sharpened) and "log sharpness" in compare(1.0, sharpened)
+    assert "sharpened 20×" in compare(1.0, sharpened, growth=20.0)
+
+
+def test_progressive_sharpening_is_claimed_only_where_the_logged_sharpness_grew():
+    """An edge below the prediction is explained by sharpening only when the log shows it."""
+    said = compare(1.0, SweepEdge(0.3, "unstable", 0.5, 0.1), growth=1.1)
+    assert "does not explain the gap" in said and "sharpened 1" not in said
+
+
+def test_a_first_failure_that_learned_nothing_is_told_from_a_divergence():
+    """The threshold bounds divergence: a rate whose network stopped learning is no divergence,
+    and the comparison then quotes the first rate that did diverge."""
+    died = compare(7.0, SweepEdge(1.0, "learned_nothing", 3.16, 0.56), growth=100.0)
+    assert "learned nothing rather than diverging" in died and "first divergence, at 3.16" in died
+    assert "sharpened 100×" in died
+    assert "catapult range" in compare(1.2, SweepEdge(1.78, "learned_nothing", 10.0, 1.0))
+    assert "bounds divergence)" in compare(2.0, SweepEdge(0.5, "learned_nothing", 2.5, 0.3))
+    assert "no rate of the sweep diverged" in compare(10.0, SweepEdge(0.5, "learned_nothing", None, 0.3))
+
+
+def test_the_sweep_edge_reads_the_status_at_the_unstable_rate_and_the_first_divergence():
+    trials = pd.DataFrame(
+        {
+            "lr": [0.1, 1.0, 1.0, 3.16, 10.0],
+            "status": ["ok", "learned_nothing", "unstable", "diverged", "learned_nothing"],
+        }
+    )
+    edge = sweep_edge({"unstable_base_lr": 1.0, "best_lr": 0.1}, trials)
+    assert edge == SweepEdge(1.0, "unstable", 3.16, 0.1)  # of two seeds at 1.0, the instability
+    assert sweep_edge({"unstable_base_lr": None, "best_lr": 0.1}, None) == SweepEdge(None, None, None, 0.1)
 
 
 def test_the_sharpness_training_grew_to_leaves_out_measurements_at_or_above_their_threshold():

@@ -86,11 +86,45 @@ def threshold(optimizer: str, kwargs: dict[str, Any]) -> Threshold | None:
     return None
 
 
-def compare(predicted: float | None, unstable: float | None, best: float | None) -> str:
+@dataclass(frozen=True)
+class SweepEdge:
+    """What an lr run found at its edge, read from its trials (trials.csv) for the comparison:
+    the threshold bounds *divergence*, so a first failure of another kind is told apart."""
+
+    unstable: float | None  # the sweep's unstable base rate (its verdict's)
+    status: str | None  # how the trials at that rate ended: "diverged", "unstable", "learned_nothing"
+    diverged: float | None  # the lowest rate a trial diverged at (the loss blew up or went non-finite)
+    best: float | None  # its best_lr
+
+
+def sweep_edge(summary: dict[str, Any], trials: Any) -> SweepEdge:
+    """:class:`SweepEdge` of an lr run's ``summary`` (summary.json) and ``trials`` (trials.csv;
+    None when absent). With several trials at the unstable rate (seeds), the status is the
+    instability among them if any (diverged before unstable), else the first one's."""
+    from stabsweep.records import TrialStatus
+
+    unstable, best = summary.get("unstable_base_lr"), summary.get("best_lr")
+    if trials is None or not len(trials):
+        return SweepEdge(unstable, None, None, best)
+    statuses = trials["status"].map(lambda s: TrialStatus.of(s))
+    diverged = trials["lr"][statuses == TrialStatus.DIVERGED]
+    status = None
+    if unstable is not None:
+        at = statuses[(trials["lr"] - unstable).abs() <= 1e-9 * unstable].tolist()
+        ranked = [s for kind in (TrialStatus.DIVERGED, TrialStatus.UNSTABLE) for s in at if s is kind] + at
+        status = str(ranked[0]) if ranked else None
+    return SweepEdge(unstable, status, float(diverged.min()) if len(diverged) else None, best)
+
+
+def compare(predicted: float | None, edge: SweepEdge, growth: float | None = None) -> str:
     """The predicted edge beside the sweep's, in words: how far off, and what the literature
-    says that gap means. Ratios within 1.5× either way count as agreement."""
+    says that gap means, each claim checked against what the run logged. Ratios within 1.5×
+    either way count as agreement. ``growth``: the sharpness the lr run's trials reached below
+    their threshold ÷ λ₀ (None when it logged none): progressive sharpening is claimed only
+    where it was seen."""
     if predicted is None:
         return "the sharpness is not positive at initialisation, so it bounds no rate"
+    unstable, best = edge.unstable, edge.best
     if unstable is None:
         if best is not None and best > predicted * 1.5:
             return (
@@ -99,6 +133,20 @@ def compare(predicted: float | None, unstable: float | None, best: float | None)
             )
         return "the sweep found no unstable rate to compare with; extend its grid past the predicted edge"
     ratio = unstable / predicted
+    if edge.status == "learned_nothing":
+        words = (
+            f"the sweep's first failing rate, {unstable:.3g} ({_times(ratio)} the predicted edge), learned nothing "
+            "rather than diverging or rising: the threshold bounds divergence, not a network that stops learning"
+        )
+        if edge.diverged is None:
+            return words + "; no rate of the sweep diverged"
+        gap = edge.diverged / predicted
+        words += f"; its first divergence, at {edge.diverged:.3g}, sits {_times(gap)} the predicted edge"
+        if gap > 1.5:
+            return words + " (rates between them start above the threshold and do not diverge: the catapult range)"
+        if gap < 1 / 1.5:
+            return words + _sharpened(growth, True)
+        return words + " (the curvature at the start of training bounds divergence)"
     if ratio > 1.5:
         return (
             f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× the predicted edge: rates between "
@@ -106,13 +154,36 @@ def compare(predicted: float | None, unstable: float | None, best: float | None)
             "sharpness falls, training recovers; Lewkowycz et al. 2020)"
         )
     if ratio < 1 / 1.5:
-        return (
-            f"the sweep became unstable already at {unstable:.3g}, {1 / ratio:.1f}× below the predicted edge: "
-            "training sharpened (progressive sharpening, Cohen et al. 2021), so the edge fell as it went on"
+        return f"the sweep became unstable already at {unstable:.3g}, {1 / ratio:.1f}× below the predicted edge" + (
+            _sharpened(growth, True)
         )
     return (
         f"the sweep became unstable at {unstable:.3g}, {ratio:.2f}× the predicted edge: the curvature at the "
         "start of training decides it"
+    )
+
+
+def _times(ratio: float) -> str:
+    """A rate ÷ the predicted edge in words: "2.3× above", "7.2× below"."""
+    return f"{ratio:.2g}× above" if ratio >= 1 else f"{1 / ratio:.2g}× below"
+
+
+def _sharpened(growth: float | None, below: bool) -> str:
+    """Why an edge sits below the prediction, as far as the logged sharpness shows it."""
+    if not below:
+        return ""
+    if growth is None:
+        return (
+            ": training likely sharpened (progressive sharpening, Cohen et al. 2021: the edge falls as it goes on); "
+            "log sharpness along the sweep to see it"
+        )
+    if growth >= 1.5:
+        return (
+            f": training sharpened {growth:.3g}× (logged; progressive sharpening, Cohen et al. 2021), so the edge fell"
+        )
+    return (
+        f": yet the logged sharpness grew only {growth:.2g}×, so progressive sharpening does not explain the gap; "
+        "the threshold, a bound for a quadratic, does not describe this failure"
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from stabsweep.analysis.curvature import compare, stable_sharpness, threshold
+from stabsweep.analysis.curvature import compare, stable_sharpness, sweep_edge, threshold
 from stabsweep.errors import UserError
 from stabsweep.procedures.context import Context
 from stabsweep.training.common import DataStream, to_device
@@ -64,11 +64,14 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
 
 
 def _lr_run(ctx: Context) -> dict[str, Any] | None:
+    """The lr run in the same folder: its summary.json, with ``wall_seconds``, ``edge`` (its
+    trials' :class:`SweepEdge`) and ``trained_sharpness`` (when it logged sharpness) added."""
     path = ctx.run_root / "lr" / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
     trials = ctx.run_root / "lr" / "trials.csv"
+    table = None
     if trials.is_file():
         from stabsweep.results.store import read_table
 
@@ -77,6 +80,7 @@ def _lr_run(ctx: Context) -> dict[str, Any] | None:
         logged = ctx.run_root / "lr" / "sharpness.csv"
         if logged.is_file():  # the sharpness training grew to (progressive sharpening)
             summary["trained_sharpness"] = stable_sharpness(read_table(logged), table)
+    summary["edge"] = sweep_edge(summary, table)
     return summary
 
 
@@ -99,13 +103,10 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             f"{words}: {bound.family} is stable below {bound.formula} = {predicted:.3g} at the start of training "
             f"(threshold {bound.constant:.4g}/η; gradient descent on a quadratic of this curvature diverges above it)."
         )
-        if lr_run is not None:
-            verdict += (
-                " Against the lr sweep: "
-                + compare(predicted, lr_run.get("unstable_base_lr"), lr_run.get("best_lr"))
-                + "."
-            )
         trained = lr_run.get("trained_sharpness") if lr_run is not None else None
+        if lr_run is not None:
+            growth = trained / eigen.value if trained else None
+            verdict += " Against the lr sweep: " + compare(predicted, lr_run["edge"], growth) + "."
         if trained:
             edge, unstable = bound.constant / trained, lr_run.get("unstable_base_lr")
             verdict += (
@@ -125,6 +126,7 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
     if not converged:
         warnings.append(f"the eigensolver did not reach tol {probe.tol:g}: raise curvature.max_matvecs")
     source = shlex.quote(config.source)
+    edge = lr_run["edge"] if lr_run else None
     return {
         "command": COMMAND,
         "config": config.source,
@@ -148,6 +150,12 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         "edge_ratio": (lr_run["unstable_base_lr"] / predicted)
         if lr_run and predicted and lr_run.get("unstable_base_lr")
         else None,
+        "unstable_status": edge.status if edge else None,
+        "diverged_lr": edge.diverged if edge else None,
+        "diverged_ratio": edge.diverged / predicted if edge and edge.diverged and predicted else None,
+        "sharpening": lr_run["trained_sharpness"] / eigen.value
+        if lr_run and lr_run.get("trained_sharpness") and eigen.value > 0
+        else None,
         "lr": lr,
         "seconds": seconds,
         "cost": cost,
@@ -160,6 +168,10 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             "P = √v + ε with v the mean squared gradient over the batches (Adam's steady state: 1 − β₁ᵗ → 1)",
             "predicted_edge": "threshold_constant / sharpness: the highest stable rate on a quadratic that curved",
             "agreement": "edge_ratio within 1/1.5 to 1.5",
+            "diverged_lr": "the lowest rate an lr run's trial diverged at: the threshold bounds divergence, so a "
+            "first failure that learned nothing is told apart (unstable_status)",
+            "sharpening": "trained_sharpness / sharpness: how far training sharpened (progressive sharpening is "
+            "claimed only where it was logged)",
             "trained_edge": "threshold_constant / the highest sharpness an ok trial of the lr run reached while below "
             "its own threshold (when it logged sharpness): the edge at the curvature training grew to",
         },
