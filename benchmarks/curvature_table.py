@@ -9,7 +9,7 @@ print (docs/contract.md, "Curvature").
 The plain-SGD rows (the setting where 2/η is exact on a quadratic) share one recipe: 1,000
 steps of batch 64 on digits, 17 rates from 0.01 to 100, sharpness every 50 steps. About 12
 minutes on 2 CPU cores, most of it the two CNNs and the Transformer; ``--only NAME ...`` runs
-some. Folders: ``runs/curvature-table/<name>``.
+some, ``--steps N`` trains N steps instead (a quick check). Folders: ``runs/curvature-table/<name>``.
 """
 
 from __future__ import annotations
@@ -94,10 +94,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "curvature-table")
+    parser.add_argument("--steps", type=int, help="train this many steps instead (a quick check, not the table)")
     args = parser.parse_args()
     rows = []
     for name in args.only:
         what, config = WORKLOADS[name]
+        if args.steps:
+            config = copy.deepcopy(config)
+            every = max(1, args.steps // 4)
+            config["train"].update(steps=args.steps, eval_every=every, log_sharpness_every=every)
         folder = args.out / name
         print(f"{name}: lr sweep, then the probe -> {folder}", flush=True)
         stabsweep.lr(config, out=folder, force=True, quiet=True)

@@ -59,3 +59,19 @@ def test_the_cluster_rows_run_on_a_four_node_cluster():
     assert set(figures) == {"cluster", "cluster ms", "local ms", "driver ms", "store"}
     assert figures["cluster"] > 0 and figures["driver ms"] > 0 and figures["store"] > 0
     assert "4-node local Ray cluster started" in run.stderr
+
+
+@pytest.mark.slow
+def test_the_curvature_table_prints_each_workloads_row_from_its_two_commands(tmp_path):
+    """``make curvature-table`` end to end on its smallest workload, briefly trained: the row
+    is the probe's summary.json, the header's columns and the row's agree."""
+    import json
+
+    table = [sys.executable, str(ROOT / "benchmarks" / "curvature_table.py"), "--only", "mlp1", "--steps", "12"]
+    run = subprocess.run([*table, "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("|")]
+    header, row = lines[0], lines[-1]
+    assert header.count("|") == row.count("|") == 12 and row.startswith("| MLP 1 × 256, ReLU | SGD |")
+    found = json.loads((tmp_path / "mlp1" / "curvature" / "summary.json").read_text())
+    assert f"| {found['predicted_edge']:.3g} |" in row and (tmp_path / "mlp1" / "lr" / "sharpness.csv").is_file()

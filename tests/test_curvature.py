@@ -343,7 +343,13 @@ def test_curvature_command_against_the_lr_run(tmp_path):
     assert "Cost:" in result.output and "of the lr sweep's" in summary["cost"]
     read = stabsweep.open_run(tmp_path / "curvature")
     assert isinstance(read, stabsweep.CurvatureResult) and read.sharpness == summary["sharpness"]
-    assert summary["trained_sharpness"] is None  # the lr run logged no sharpness
+    assert summary["trained_sharpness"] is None and summary["sharpening"] is None  # the lr run logged none
+    trials = pd.read_csv(tmp_path / "lr" / "trials.csv")
+    diverged = trials[trials["status"] == "diverged"]["lr"]
+    assert summary["diverged_lr"] == (pytest.approx(diverged.min()) if len(diverged) else None)
+    at_edge = set(trials[trials["lr"].sub(lr["unstable_base_lr"]).abs() < 1e-9]["status"])
+    assert summary["unstable_status"] in at_edge
+    assert summary["next_command"].endswith(f"--set train.log_sharpness_every=25 --out {tmp_path} --force")
 
 
 @pytest.mark.slow
@@ -359,6 +365,11 @@ def test_curvature_reads_the_sharpness_the_lr_runs_trials_grew_to(tmp_path):
     below = logged[logged["trial_id"].isin(ok) & (logged["ratio"] < 1)]
     assert summary["trained_sharpness"] == pytest.approx(below["sharpness"].max())
     assert summary["trained_edge"] == pytest.approx(3.8 / summary["trained_sharpness"])
+    assert summary["sharpening"] == pytest.approx(summary["trained_sharpness"] / summary["sharpness"])
+    lr = json.loads((tmp_path / "lr" / "summary.json").read_text())
+    assert summary["next_command"] == (
+        f"stabsweep warmup --from {tmp_path}" if lr["unstable_base_lr"] else lr["next_command"]
+    )
     assert "while below their own threshold" in summary["verdict"]
 
 

@@ -125,7 +125,6 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         cost += f", {share:.1%} of the lr sweep's {lr_run['wall_seconds']:.0f} s"
     if not converged:
         warnings.append(f"the eigensolver did not reach tol {probe.tol:g}: raise curvature.max_matvecs")
-    source = shlex.quote(config.source)
     edge = lr_run["edge"] if lr_run else None
     return {
         "command": COMMAND,
@@ -175,10 +174,22 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             "trained_edge": "threshold_constant / the highest sharpness an ok trial of the lr run reached while below "
             "its own threshold (when it logged sharpness): the edge at the curvature training grew to",
         },
-        "next_command": f"stabsweep lr {source} --set train.log_sharpness_every=10"
-        if lr_run is None
-        else f"stabsweep lr {source} --set train.log_sharpness_every=10 --force",
+        "next_command": _next(ctx, lr_run),
     }
+
+
+def _next(ctx: Context, lr_run: dict[str, Any] | None) -> str:
+    """An lr run that logs sharpness when there is none to compare with; with one, what it
+    found leads on (warmup for an unstable rate: does it keep the trials under the threshold?)."""
+    source, root = shlex.quote(ctx.config.source), shlex.quote(str(ctx.run_root))
+    logging = f"stabsweep lr {source} --set train.log_sharpness_every=25 --out {root}"
+    if lr_run is None:
+        return logging
+    if "trained_sharpness" not in lr_run:  # it logged no sharpness.csv
+        return logging + " --force"
+    if lr_run.get("unstable_base_lr") is not None:
+        return f"stabsweep warmup --from {root}"
+    return lr_run.get("next_command") or logging + " --force"
 
 
 def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:

@@ -81,21 +81,22 @@ def lanczos_top(
     start = np.random.default_rng(seed).standard_normal(dim)
     ncv = min(dim, 20)
     try:
-        try:
-            # ARPACK's own work is tiny (vectors of ``dim``), but numpy's OpenBLAS threads spin
-            # between its calls and take the cores from torch's threads computing the products:
-            # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One thread for numpy's
-            # and scipy's BLAS only: where torch links a BLAS of its own, its products keep theirs.
-            with threadpool_limits(limits=_numpy_blas(ThreadpoolController())):
+        # ARPACK's own work is tiny (vectors of ``dim``), but numpy's OpenBLAS threads spin
+        # between its calls and take the cores from torch's threads computing the products:
+        # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One thread for numpy's
+        # and scipy's BLAS only: where torch links a BLAS of its own, its products keep theirs.
+        # (Leaving the block resets torch's OpenMP count too: the residual's product is inside.)
+        with threadpool_limits(limits=_numpy_blas(ThreadpoolController())):
+            try:
                 values, vectors = eigsh(
                     operator, k=1, which="LA", tol=tol, ncv=ncv, v0=start, maxiter=max(1, max_matvecs // ncv)
                 )
-        except ArpackNoConvergence as exc:  # the best Ritz pair so far, judged by its residual below
-            values, vectors = exc.eigenvalues, exc.eigenvectors
+            except ArpackNoConvergence as exc:  # the best Ritz pair so far, judged by its residual below
+                values, vectors = exc.eigenvalues, exc.eigenvectors
             if not len(values):
                 return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
-        value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
-        residual = float(np.linalg.norm(product(vector) - value * vector) / max(abs(value), 1e-30))
+            value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
+            residual = float(np.linalg.norm(product(vector) - value * vector) / max(abs(value), 1e-30))
     finally:
         if threads is not None:
             threads.restore()
