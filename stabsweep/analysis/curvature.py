@@ -132,8 +132,10 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
                 "the predicted edge: training left the initial curvature behind (a catapult or early flattening)"
             )
         return "the sweep found no unstable rate to compare with; extend its grid past the predicted edge"
+    from stabsweep.records import TrialStatus
+
     ratio = unstable / predicted
-    if edge.status == "learned_nothing":
+    if edge.status == TrialStatus.LEARNED_NOTHING.value:
         words = (
             f"the sweep's first failing rate, {unstable:.3g} ({_times(ratio)} the predicted edge), learned nothing "
             "rather than diverging or rising: the threshold bounds divergence, not a network that stops learning"
