@@ -66,7 +66,7 @@ format: $(DEV)
 bench: $(DEV)  ## the engine's speed ratios, measured in one run; written to runs/bench/bench.csv
 	$(PY) benchmarks/bench.py
 
-curvature-table: $(RUNTIME)  ## the README's curvature table: each workload's lr sweep, then its probe (about 12 minutes)
+curvature-table: $(RUNTIME)  ## the README's curvature table: each workload's lr sweep, then its probe (about 13 minutes)
 	$(PY) benchmarks/curvature_table.py
 
 clean:

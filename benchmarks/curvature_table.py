@@ -6,9 +6,9 @@ sweep's first failing rate and how it failed, its first divergence, how far trai
 and the edge at that sharpness. Nothing here is tuned: each row is what the two commands
 print (docs/contract.md, "Curvature").
 
-The plain-SGD rows (the setting where 2/η is exact on a quadratic) share one recipe: 1,000
-steps of batch 64 on digits, 17 rates from 0.01 to 100, sharpness every 50 steps. About 12
-minutes on 2 CPU cores, most of it the two CNNs and the Transformer; ``--only NAME ...`` runs
+The plain-SGD rows (the setting where 2/η is exact on a quadratic) share one recipe, the deep
+MLP's in ``configs/deep_mlp_sgd.yaml``: 1,000 steps of batch 64 on digits, 17 rates from 0.01
+to 100, sharpness every 50 steps. About 13 minutes on 2 CPU cores, most of it the two CNNs and the Transformer; ``--only NAME ...`` runs
 some, ``--steps N`` trains N steps instead (a quick check). Folders: ``runs/curvature-table/<name>``.
 """
 

@@ -18,6 +18,7 @@ import stabsweep
 from stabsweep.analysis.curvature import SweepEdge, compare, stable_sharpness, sweep_edge, threshold
 from stabsweep.cli import app
 from stabsweep.optim.optimizers import build_optimizer
+from stabsweep.records import TrialStatus
 from stabsweep.training import curvature as curvature_module
 from stabsweep.training.curvature import ModelHessian, PowerIteration, lanczos_top
 
@@ -188,40 +189,42 @@ def test_adams_preconditioned_threshold_holds_on_a_quadratic():
 def test_thresholds_in_words_and_comparisons():
     assert threshold("momentum", {}).formula == "(2 + 2β)/η" and threshold("momentum", {}).constant == 3.8
     assert threshold("nadam", {}) is None
-    assert "catapult" in compare(0.1, SweepEdge(0.5, "diverged", 0.5, 0.05))
-    assert "decides it" in compare(1.0, SweepEdge(1.2, "diverged", 1.2, 0.5))
-    sharpened = SweepEdge(0.3, "diverged", 0.3, 0.1)
+    assert "catapult" in compare(0.1, SweepEdge(0.5, TrialStatus.DIVERGED, 0.5, 0.05))
+    assert "decides it" in compare(1.0, SweepEdge(1.2, TrialStatus.DIVERGED, 1.2, 0.5))
+    sharpened = SweepEdge(0.3, TrialStatus.DIVERGED, 0.3, 0.1)
     assert "likely sharpened" in compare(1.0, sharpened) and "log sharpness" in compare(1.0, sharpened)
     assert "sharpened 20×" in compare(1.0, sharpened, growth=20.0)
 
 
 def test_progressive_sharpening_is_claimed_only_where_the_logged_sharpness_grew():
     """An edge below the prediction is explained by sharpening only when the log shows it."""
-    said = compare(1.0, SweepEdge(0.3, "unstable", 0.5, 0.1), growth=1.1)
+    said = compare(1.0, SweepEdge(0.3, TrialStatus.UNSTABLE, 0.5, 0.1), growth=1.1)
     assert "does not explain the gap" in said and "sharpened 1" not in said
 
 
 def test_a_first_failure_that_learned_nothing_is_told_from_a_divergence():
     """The threshold bounds divergence: a rate whose network stopped learning is no divergence,
     and the comparison then quotes the first rate that did diverge."""
-    died = compare(7.0, SweepEdge(1.0, "learned_nothing", 3.16, 0.56), growth=100.0)
+    died = compare(7.0, SweepEdge(1.0, TrialStatus.LEARNED_NOTHING, 3.16, 0.56), growth=100.0)
     assert "learned nothing rather than diverging" in died and "first divergence, at 3.16" in died
     assert "sharpened 100×" in died
-    assert "catapult range" in compare(1.2, SweepEdge(1.78, "learned_nothing", 10.0, 1.0))
-    assert "bounds divergence)" in compare(2.0, SweepEdge(0.5, "learned_nothing", 2.5, 0.3))
-    assert "no rate of the sweep diverged" in compare(10.0, SweepEdge(0.5, "learned_nothing", None, 0.3))
+    assert "catapult range" in compare(1.2, SweepEdge(1.78, TrialStatus.LEARNED_NOTHING, 10.0, 1.0))
+    assert "bounds divergence)" in compare(2.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, 2.5, 0.3))
+    assert "no rate of the sweep diverged" in compare(10.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, None, 0.3))
 
 
-def test_the_sweep_edge_reads_the_status_at_the_unstable_rate_and_the_first_divergence():
-    trials = pd.DataFrame(
-        {
-            "lr": [0.1, 1.0, 1.0, 3.16, 10.0],
-            "status": ["ok", "learned_nothing", "unstable", "diverged", "learned_nothing"],
-        }
-    )
-    edge = sweep_edge({"unstable_base_lr": 1.0, "best_lr": 0.1}, trials)
-    assert edge == SweepEdge(1.0, "unstable", 3.16, 0.1)  # of two seeds at 1.0, the instability
-    assert sweep_edge({"unstable_base_lr": None, "best_lr": 0.1}, None) == SweepEdge(None, None, None, 0.1)
+def test_the_sweep_edge_is_the_lr_runs_own_reading_and_its_first_divergence_above_best_lr():
+    """The status is the lr run's ``unstable_kind`` (its worst seed); a divergence at or below
+    best_lr (one seed's, at a rate the sweep trains at) is no edge."""
+    rates = [
+        {"lr": 0.1, "ok": 1, "diverged": 1},
+        {"lr": 0.3, "ok": 2, "diverged": 0},
+        {"lr": 1.0, "ok": 1, "learned_nothing": 1, "diverged": 0},
+        {"lr": 3.16, "diverged": 2},
+    ]
+    summary = {"unstable_base_lr": 1.0, "best_lr": 0.3, "unstable_kind": "learned_nothing", "rates": rates}
+    assert sweep_edge(summary) == SweepEdge(1.0, TrialStatus.LEARNED_NOTHING, 3.16, 0.3)
+    assert sweep_edge({"unstable_base_lr": None, "best_lr": 0.1}) == SweepEdge(None, None, None, 0.1)
 
 
 def test_the_sharpness_training_grew_to_leaves_out_measurements_at_or_above_their_threshold():
@@ -344,11 +347,10 @@ def test_curvature_command_against_the_lr_run(tmp_path):
     read = stabsweep.open_run(tmp_path / "curvature")
     assert isinstance(read, stabsweep.CurvatureResult) and read.sharpness == summary["sharpness"]
     assert summary["trained_sharpness"] is None and summary["sharpening"] is None  # the lr run logged none
+    assert summary["unstable_status"] == lr["unstable_kind"]
     trials = pd.read_csv(tmp_path / "lr" / "trials.csv")
-    diverged = trials[trials["status"] == "diverged"]["lr"]
+    diverged = trials[(trials["status"] == "diverged") & (trials["lr"] > lr["best_lr"])]["lr"]
     assert summary["diverged_lr"] == (pytest.approx(diverged.min()) if len(diverged) else None)
-    at_edge = set(trials[trials["lr"].sub(lr["unstable_base_lr"]).abs() < 1e-9]["status"])
-    assert summary["unstable_status"] in at_edge
     assert summary["next_command"].endswith(f"--set train.log_sharpness_every=25 --out {tmp_path} --force")
 
 
@@ -367,9 +369,7 @@ def test_curvature_reads_the_sharpness_the_lr_runs_trials_grew_to(tmp_path):
     assert summary["trained_edge"] == pytest.approx(3.8 / summary["trained_sharpness"])
     assert summary["sharpening"] == pytest.approx(summary["trained_sharpness"] / summary["sharpness"])
     lr = json.loads((tmp_path / "lr" / "summary.json").read_text())
-    assert summary["next_command"] == (
-        f"stabsweep warmup --from {tmp_path}" if lr["unstable_base_lr"] else lr["next_command"]
-    )
+    assert summary["next_command"] == lr["next_command"]  # what the lr run found leads on
     assert "while below their own threshold" in summary["verdict"]
 
 

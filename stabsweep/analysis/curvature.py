@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stabsweep.records import TrialStatus
+
 PRECONDITIONED = {"adam", "adamw", "amsgrad", "rmsprop", "adagrad"}  # sharpness of P⁻¹H, P their own
 
 
@@ -88,32 +90,26 @@ def threshold(optimizer: str, kwargs: dict[str, Any]) -> Threshold | None:
 
 @dataclass(frozen=True)
 class SweepEdge:
-    """What an lr run found at its edge, read from its trials (trials.csv) for the comparison:
-    the threshold bounds *divergence*, so a first failure of another kind is told apart."""
+    """What an lr run found at its edge, for the comparison: the threshold bounds *divergence*,
+    so a first failure of another kind is told apart."""
 
-    unstable: float | None  # the sweep's unstable base rate (its verdict's)
-    status: str | None  # how the trials at that rate ended: "diverged", "unstable", "learned_nothing"
-    diverged: float | None  # the lowest rate a trial diverged at (the loss blew up or went non-finite)
+    unstable: float | None  # the sweep's unstable base rate
+    status: TrialStatus | None  # how it failed there (the lr run's unstable_kind: the worst of its seeds)
+    diverged: float | None  # the lowest rate above best_lr where a trial diverged (blew up or went non-finite)
     best: float | None  # its best_lr
 
 
-def sweep_edge(summary: dict[str, Any], trials: Any) -> SweepEdge:
-    """:class:`SweepEdge` of an lr run's ``summary`` (summary.json) and ``trials`` (trials.csv;
-    None when absent). With several trials at the unstable rate (seeds), the status is the
-    instability among them if any (diverged before unstable), else the first one's."""
-    from stabsweep.records import TrialStatus
-
-    unstable, best = summary.get("unstable_base_lr"), summary.get("best_lr")
-    if trials is None or not len(trials):
-        return SweepEdge(unstable, None, None, best)
-    statuses = trials["status"].map(lambda s: TrialStatus.of(s))
-    diverged = trials["lr"][statuses == TrialStatus.DIVERGED]
-    status = None
-    if unstable is not None:
-        at = statuses[(trials["lr"] - unstable).abs() <= 1e-9 * unstable].tolist()
-        ranked = [s for kind in (TrialStatus.DIVERGED, TrialStatus.UNSTABLE) for s in at if s is kind] + at
-        status = str(ranked[0]) if ranked else None
-    return SweepEdge(unstable, status, float(diverged.min()) if len(diverged) else None, best)
+def sweep_edge(summary: dict[str, Any]) -> SweepEdge:
+    """:class:`SweepEdge` of an lr run's summary.json, read as its own analysis judged the
+    trials (``unstable_kind``; ``rates``, the per-rate status counts after its forgiveness of
+    data spikes). A divergence at or below ``best_lr`` (one seed's, say) is no edge."""
+    unstable, best, kind = summary.get("unstable_base_lr"), summary.get("best_lr"), summary.get("unstable_kind")
+    diverged = [
+        row["lr"]
+        for row in summary.get("rates") or []
+        if row.get(TrialStatus.DIVERGED.value) and (best is None or row["lr"] > best)
+    ]
+    return SweepEdge(unstable, TrialStatus.of(kind) if kind else None, min(diverged, default=None), best)
 
 
 def compare(predicted: float | None, edge: SweepEdge, growth: float | None = None) -> str:
@@ -132,10 +128,8 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
                 "the predicted edge: training left the initial curvature behind (a catapult or early flattening)"
             )
         return "the sweep found no unstable rate to compare with; extend its grid past the predicted edge"
-    from stabsweep.records import TrialStatus
-
     ratio = unstable / predicted
-    if edge.status == TrialStatus.LEARNED_NOTHING.value:
+    if edge.status is TrialStatus.LEARNED_NOTHING:
         words = (
             f"the sweep's first failing rate, {unstable:.3g} ({_times(ratio)} the predicted edge), learned nothing "
             "rather than diverging or rising: the threshold bounds divergence, not a network that stops learning"
@@ -147,17 +141,18 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
         if gap > 1.5:
             return words + " (rates between them start above the threshold and do not diverge: the catapult range)"
         if gap < 1 / 1.5:
-            return words + _sharpened(growth, True)
+            return words + _sharpened(growth)
         return words + " (the curvature at the start of training bounds divergence)"
     if ratio > 1.5:
         return (
             f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× the predicted edge: rates between "
             "them start above the threshold and still train, as in the catapult phase (the loss spikes, "
-            "sharpness falls, training recovers; Lewkowycz et al. 2020)"
+            "sharpness falls, training recovers; Lewkowycz et al. 2020), or as an adaptive preconditioner or a "
+            "normalization layer lowers the curvature the rate meets as training goes"
         )
     if ratio < 1 / 1.5:
         return f"the sweep became unstable already at {unstable:.3g}, {1 / ratio:.1f}× below the predicted edge" + (
-            _sharpened(growth, True)
+            _sharpened(growth)
         )
     return (
         f"the sweep became unstable at {unstable:.3g}, {ratio:.2f}× the predicted edge: the curvature at the "
@@ -170,10 +165,8 @@ def _times(ratio: float) -> str:
     return f"{ratio:.2g}× above" if ratio >= 1 else f"{1 / ratio:.2g}× below"
 
 
-def _sharpened(growth: float | None, below: bool) -> str:
+def _sharpened(growth: float | None) -> str:
     """Why an edge sits below the prediction, as far as the logged sharpness shows it."""
-    if not below:
-        return ""
     if growth is None:
         return (
             ": training likely sharpened (progressive sharpening, Cohen et al. 2021: the edge falls as it goes on); "
@@ -205,11 +198,9 @@ def stable_sharpness(sharpness: Any, trials: Any) -> float | None:
     set by the rate (it hovers at the threshold, the edge of stability, or overshoots and falls
     back, the catapult of Lewkowycz et al. 2020), so it says only that this rate is at its edge.
     """
-    from stabsweep.records import TrialStatus
-
     if sharpness is None or not len(sharpness) or trials is None or not len(trials):
         return None
-    ok = trials[trials["status"].map(lambda s: TrialStatus.of(s) is TrialStatus.OK)]["trial_id"]
+    ok = trials[trials["status"].map(TrialStatus.of) == TrialStatus.OK]["trial_id"]
     stable = sharpness[sharpness["trial_id"].isin(ok) & (sharpness["ratio"] < 1)]["sharpness"].dropna()
     return float(stable.max()) if len(stable) else None
 
@@ -220,7 +211,6 @@ def sharpness_findings(sharpness: Any, trials: Any) -> dict[str, Any] | None:
     crossed its threshold (``ratio`` = λ·η / constant above 1) before it failed; for warmup
     trials, whether the ratio stayed at or below 1 through the ramp; the highest ratio of the
     trials that trained (≈ 1: the edge of stability, Cohen et al. 2021)."""
-    from stabsweep.records import TrialStatus
 
     if sharpness is None or not len(sharpness):
         return None

@@ -64,14 +64,15 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
 
 
 def _lr_run(ctx: Context) -> dict[str, Any] | None:
-    """The lr run in the same folder: its summary.json, with ``wall_seconds``, ``edge`` (its
-    trials' :class:`SweepEdge`) and ``trained_sharpness`` (when it logged sharpness) added."""
+    """The lr run in the same folder: its summary.json, with ``sweep_edge`` (its
+    :class:`SweepEdge`), ``wall_seconds`` and ``trained_sharpness`` (when it logged sharpness)
+    added."""
     path = ctx.run_root / "lr" / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
+    summary["sweep_edge"] = sweep_edge(summary)
     trials = ctx.run_root / "lr" / "trials.csv"
-    table = None
     if trials.is_file():
         from stabsweep.results.store import read_table
 
@@ -80,7 +81,6 @@ def _lr_run(ctx: Context) -> dict[str, Any] | None:
         logged = ctx.run_root / "lr" / "sharpness.csv"
         if logged.is_file():  # the sharpness training grew to (progressive sharpening)
             summary["trained_sharpness"] = stable_sharpness(read_table(logged), table)
-    summary["edge"] = sweep_edge(summary, table)
     return summary
 
 
@@ -106,7 +106,7 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         trained = lr_run.get("trained_sharpness") if lr_run is not None else None
         if lr_run is not None:
             growth = trained / eigen.value if trained else None
-            verdict += " Against the lr sweep: " + compare(predicted, lr_run["edge"], growth) + "."
+            verdict += " Against the lr sweep: " + compare(predicted, lr_run["sweep_edge"], growth) + "."
         if trained:
             edge, unstable = bound.constant / trained, lr_run.get("unstable_base_lr")
             verdict += (
@@ -125,7 +125,7 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         cost += f", {share:.1%} of the lr sweep's {lr_run['wall_seconds']:.0f} s"
     if not converged:
         warnings.append(f"the eigensolver did not reach tol {probe.tol:g}: raise curvature.max_matvecs")
-    edge = lr_run["edge"] if lr_run else None
+    found = lr_run["sweep_edge"] if lr_run else None
     return {
         "command": COMMAND,
         "config": config.source,
@@ -149,9 +149,9 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         "edge_ratio": (lr_run["unstable_base_lr"] / predicted)
         if lr_run and predicted and lr_run.get("unstable_base_lr")
         else None,
-        "unstable_status": edge.status if edge else None,
-        "diverged_lr": edge.diverged if edge else None,
-        "diverged_ratio": edge.diverged / predicted if edge and edge.diverged and predicted else None,
+        "unstable_status": str(found.status) if found and found.status else None,
+        "diverged_lr": found.diverged if found else None,
+        "diverged_ratio": found.diverged / predicted if found and found.diverged and predicted else None,
         "sharpening": lr_run["trained_sharpness"] / eigen.value
         if lr_run and lr_run.get("trained_sharpness") and eigen.value > 0
         else None,
@@ -179,16 +179,14 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
 
 
 def _next(ctx: Context, lr_run: dict[str, Any] | None) -> str:
-    """An lr run that logs sharpness when there is none to compare with; with one, what it
-    found leads on (warmup for an unstable rate: does it keep the trials under the threshold?)."""
+    """An lr run that logs sharpness when there is none to compare with (or it logged none);
+    with one that did, the lr run's own next step leads on (warmup for an unstable rate)."""
     source, root = shlex.quote(ctx.config.source), shlex.quote(str(ctx.run_root))
     logging = f"stabsweep lr {source} --set train.log_sharpness_every=25 --out {root}"
     if lr_run is None:
         return logging
-    if "trained_sharpness" not in lr_run:  # it logged no sharpness.csv
+    if "trained_sharpness" not in lr_run:  # it wrote no sharpness.csv
         return logging + " --force"
-    if lr_run.get("unstable_base_lr") is not None:
-        return f"stabsweep warmup --from {root}"
     return lr_run.get("next_command") or logging + " --force"
 
 

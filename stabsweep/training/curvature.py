@@ -68,7 +68,7 @@ def lanczos_top(
     from threadpoolctl import ThreadpoolController, threadpool_limits
 
     count = 0
-    threads = ProductThreads() if like.device.type == "cpu" else None
+    threads: ProductThreads | None = None  # on a CPU, set in the try below: its finally gives torch's count back
 
     def product(x: np.ndarray) -> np.ndarray:
         nonlocal count
@@ -81,11 +81,13 @@ def lanczos_top(
     start = np.random.default_rng(seed).standard_normal(dim)
     ncv = min(dim, 20)
     try:
+        threads = ProductThreads() if like.device.type == "cpu" else None
         # ARPACK's own work is tiny (vectors of ``dim``), but numpy's OpenBLAS threads spin
         # between its calls and take the cores from torch's threads computing the products:
         # 15-30 ms a product instead of 3-4 on the quickstart, 2 cores. One thread for numpy's
         # and scipy's BLAS only: where torch links a BLAS of its own, its products keep theirs.
-        # (Leaving the block resets torch's OpenMP count too: the residual's product is inside.)
+        # Leaving this block also sets OpenMP's count back to what it was on entry (one thread,
+        # ProductThreads'), so the residual's product below stays inside it, on the chosen count.
         with threadpool_limits(limits=_numpy_blas(ThreadpoolController())):
             try:
                 values, vectors = eigsh(
