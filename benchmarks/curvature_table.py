@@ -8,8 +8,9 @@ print (docs/contract.md, "Curvature").
 
 The plain-SGD rows (the setting where 2/η is exact on a quadratic) share one recipe, the deep
 MLP's in ``configs/deep_mlp_sgd.yaml``: 1,000 steps of batch 64 on digits, 17 rates from 0.01
-to 100, sharpness every 50 steps. About 13 minutes on 2 CPU cores, most of it the two CNNs and the Transformer; ``--only NAME ...`` runs
-some, ``--steps N`` trains N steps instead (a quick check). Folders: ``runs/curvature-table/<name>``.
+to 100, sharpness every 50 steps. About 13 minutes on 2 CPU cores, most of it the two CNNs
+and the Transformer; ``--only NAME ...`` runs some, ``--steps N`` trains N steps instead (a
+quick check). Folders: ``runs/curvature-table/<name>``.
 """
 
 from __future__ import annotations
