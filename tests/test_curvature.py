@@ -190,7 +190,7 @@ def test_thresholds_in_words_and_comparisons():
     assert threshold("momentum", {}).formula == "(2 + 2β)/η" and threshold("momentum", {}).constant == 3.8
     assert threshold("nadam", {}) is None
     assert "catapult" in compare(0.1, SweepEdge(0.5, TrialStatus.DIVERGED, 0.5, 0.05))
-    assert "decides it" in compare(1.0, SweepEdge(1.2, TrialStatus.DIVERGED, 1.2, 0.5))
+    assert "within 1.5× of it" in compare(1.0, SweepEdge(1.2, TrialStatus.DIVERGED, 1.2, 0.5))
     sharpened = SweepEdge(0.3, TrialStatus.DIVERGED, 0.3, 0.1)
     assert "likely sharpened" in compare(1.0, sharpened) and "log sharpness" in compare(1.0, sharpened)
     assert "sharpened 20×" in compare(1.0, sharpened, growth=20.0)
@@ -210,7 +210,9 @@ def test_a_first_failure_that_learned_nothing_is_told_from_a_divergence():
     assert "sharpened 100×" in died
     assert "catapult range" in compare(1.2, SweepEdge(1.78, TrialStatus.LEARNED_NOTHING, 10.0, 1.0))
     assert "bounds divergence)" in compare(2.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, 2.5, 0.3))
-    assert "no rate of the sweep diverged" in compare(10.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, None, 0.3))
+    assert "no rate above best_lr diverged" in compare(10.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, None, 0.3))
+    rose = compare(10.0, SweepEdge(0.5, TrialStatus.UNSTABLE, 31.6, 0.3), growth=27.0)  # rose and recovered
+    assert "(its first divergence, at 31.6, 3.2× above it): training sharpened 27×" in rose
 
 
 def test_the_sweep_edge_is_the_lr_runs_own_reading_and_its_first_divergence_above_best_lr():

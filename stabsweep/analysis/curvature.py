@@ -125,38 +125,47 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
         if best is not None and best > predicted * 1.5:
             return (
                 f"the sweep found no unstable rate, and trained best at {best:.3g}, {best / predicted:.1f}× above "
-                "the predicted edge: training left the initial curvature behind (a catapult or early flattening)"
+                "the predicted edge: training left the initial curvature behind (possibly a catapult or early "
+                "flattening)"
             )
-        return "the sweep found no unstable rate to compare with; extend its grid past the predicted edge"
+        return "the sweep found no unstable rate to compare with; extend its grid upward"
     ratio = unstable / predicted
     if edge.status is TrialStatus.LEARNED_NOTHING:
         words = (
             f"the sweep's first failing rate, {unstable:.3g} ({_times(ratio)} the predicted edge), learned nothing "
-            "rather than diverging or rising: the threshold bounds divergence, not a network that stops learning"
+            "rather than diverging or its loss rising: the threshold bounds divergence, not a network that stops "
+            "learning"
         )
         if edge.diverged is None:
-            return words + "; no rate of the sweep diverged"
+            return words + "; no rate above best_lr diverged"
         gap = edge.diverged / predicted
         words += f"; its first divergence, at {edge.diverged:.3g}, sits {_times(gap)} the predicted edge"
         if gap > 1.5:
-            return words + " (rates between them start above the threshold and do not diverge: the catapult range)"
+            return words + (
+                " (rates between the predicted edge and it start above the threshold yet do not diverge, as in the "
+                "catapult range)"
+            )
         if gap < 1 / 1.5:
             return words + _sharpened(growth)
         return words + " (the curvature at the start of training bounds divergence)"
+    diverged = ""  # a first failure that rose and recovered: where the sweep first diverged, beside it
+    if edge.status is TrialStatus.UNSTABLE and edge.diverged is not None:
+        diverged = f" (its first divergence, at {edge.diverged:.3g}, {_times(edge.diverged / predicted)} it)"
     if ratio > 1.5:
         return (
-            f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× the predicted edge: rates between "
-            "them start above the threshold and still train, as in the catapult phase (the loss spikes, "
-            "sharpness falls, training recovers; Lewkowycz et al. 2020), or as an adaptive preconditioner or a "
+            f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× above the predicted edge{diverged}: "
+            "rates between the two start above the threshold and still train, as in the catapult phase (the loss "
+            "spikes, sharpness falls, training recovers; Lewkowycz et al. 2020), or as an adaptive preconditioner or a "
             "normalization layer lowers the curvature the rate meets as training goes"
         )
     if ratio < 1 / 1.5:
-        return f"the sweep became unstable already at {unstable:.3g}, {1 / ratio:.1f}× below the predicted edge" + (
-            _sharpened(growth)
+        return (
+            f"the sweep became unstable already at {unstable:.3g}, {1 / ratio:.1f}× below the predicted edge{diverged}"
+            + _sharpened(growth)
         )
     return (
-        f"the sweep became unstable at {unstable:.3g}, {ratio:.2f}× the predicted edge: the curvature at the "
-        "start of training decides it"
+        f"the sweep became unstable at {unstable:.3g}, {ratio:.2f}× the predicted edge{diverged}: within 1.5× of "
+        "it, as the curvature at the start of training predicts"
     )
 
 
@@ -169,7 +178,8 @@ def _sharpened(growth: float | None) -> str:
     """Why an edge sits below the prediction, as far as the logged sharpness shows it."""
     if growth is None:
         return (
-            ": training likely sharpened (progressive sharpening, Cohen et al. 2021: the edge falls as it goes on); "
+            ": training likely sharpened (progressive sharpening, Cohen et al. 2021: the edge falls as training goes "
+            "on); "
             "log sharpness along the sweep to see it"
         )
     if growth >= 1.5:
@@ -177,7 +187,7 @@ def _sharpened(growth: float | None) -> str:
             f": training sharpened {growth:.3g}× (logged; progressive sharpening, Cohen et al. 2021), so the edge fell"
         )
     return (
-        f": yet the logged sharpness grew only {growth:.2g}×, so progressive sharpening does not explain the gap; "
+        f"; yet the logged sharpness grew only {growth:.2g}×, so progressive sharpening does not explain the gap: "
         "the threshold, a bound for a quadratic, does not describe this failure"
     )
 

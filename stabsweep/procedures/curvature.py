@@ -112,7 +112,7 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             verdict += (
                 f" The lr run's trials that trained reached sharpness {trained:.4g} while below their own threshold "
                 f"(logged): at that curvature the edge is {edge:.3g}"
-                + (f", the sweep's {unstable / edge:.2g}× that" if unstable else "")
+                + (f"; the sweep's unstable rate is {unstable / edge:.2g}× that" if unstable else "")
                 + "."
             )
         if lr is not None:
@@ -167,8 +167,8 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             "P = √v + ε with v the mean squared gradient over the batches (Adam's steady state: 1 − β₁ᵗ → 1)",
             "predicted_edge": "threshold_constant / sharpness: the highest stable rate on a quadratic that curved",
             "agreement": "edge_ratio within 1/1.5 to 1.5",
-            "diverged_lr": "the lowest rate an lr run's trial diverged at: the threshold bounds divergence, so a "
-            "first failure that learned nothing is told apart (unstable_status)",
+            "diverged_lr": "the lowest rate above the lr run's best_lr where a trial diverged: the threshold bounds "
+            "divergence, so a first failure that learned nothing is told apart (unstable_status)",
             "sharpening": "trained_sharpness / sharpness: how far training sharpened (progressive sharpening is "
             "claimed only where it was logged)",
             "trained_edge": "threshold_constant / the highest sharpness an ok trial of the lr run reached while below "
@@ -187,7 +187,7 @@ def _next(ctx: Context, lr_run: dict[str, Any] | None) -> str:
         return logging
     if "trained_sharpness" not in lr_run:  # it wrote no sharpness.csv
         return logging + " --force"
-    return lr_run.get("next_command") or logging + " --force"
+    return lr_run.get("next_command") or f"stabsweep report {root}"
 
 
 def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
