@@ -211,6 +211,10 @@ def test_a_first_failure_that_learned_nothing_is_told_from_a_divergence():
     assert "catapult range" in compare(1.2, SweepEdge(1.78, TrialStatus.LEARNED_NOTHING, 10.0, 1.0))
     assert "bounds divergence)" in compare(2.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, 2.5, 0.3))
     assert "no rate above best_lr diverged" in compare(10.0, SweepEdge(0.5, TrialStatus.LEARNED_NOTHING, None, 0.3))
+    everything_failed = compare(9.6, SweepEdge(None, None, 100.0, None))
+    assert "no rate of the sweep trained" in everything_failed and "10× above" in everything_failed
+    assert "extend its grid downward" in everything_failed
+    assert "sits at about the predicted edge" in compare(9.6, SweepEdge(1.0, TrialStatus.LEARNED_NOTHING, 10.0, 0.3))
     rose = compare(10.0, SweepEdge(0.5, TrialStatus.UNSTABLE, 31.6, 0.3), growth=27.0)  # rose and recovered
     assert "(its first divergence, at 31.6, 3.2× above it): training sharpened 27×" in rose
 
@@ -382,3 +386,14 @@ def test_adam_probe_is_preconditioned(tmp_path):
     assert found.preconditioned and found.summary["threshold_constant"] == pytest.approx(38.0)
     assert found.predicted_edge == pytest.approx(38.0 / found.sharpness)
     assert math.isfinite(found.residual)
+
+
+def test_a_sweep_where_nothing_trained_is_compared_by_its_divergence_and_sent_to_doctor(tmp_path):
+    """Every rate of the grid diverges: the sweep has no edge, its first divergence is quoted,
+    and the lr run's own next step (doctor) leads, not another sweep."""
+    grid = {"lr_sweep__lrs": [100.0, 1000.0], "train__steps": 20}
+    stabsweep.lr(CONFIGS / "smoke.yaml", out=tmp_path, quiet=True, **grid)
+    found = stabsweep.curvature(CONFIGS / "smoke.yaml", out=tmp_path, quiet=True, **grid)
+    assert found.summary["diverged_lr"] == 100.0 and found.summary["unstable_status"] is None
+    assert "no rate of the sweep trained; its first divergence, at 100" in found.summary["verdict"]
+    assert found.summary["next_command"].startswith("stabsweep doctor")

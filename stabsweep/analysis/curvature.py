@@ -121,6 +121,13 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
     if predicted is None:
         return "the sharpness is not positive at initialisation, so it bounds no rate"
     unstable, best = edge.unstable, edge.best
+    if unstable is None and best is None:  # every rate failed: the grid sits above the edge
+        if edge.diverged is None:
+            return "no rate of the sweep trained, so it shows no edge to compare with"
+        return (
+            f"no rate of the sweep trained; its first divergence, at {edge.diverged:.3g}, sits "
+            f"{_times(edge.diverged / predicted)} the predicted edge: extend its grid downward"
+        )
     if unstable is None:
         if best is not None and best > predicted * 1.5:
             return (
@@ -170,8 +177,10 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
 
 
 def _times(ratio: float) -> str:
-    """A rate ÷ the predicted edge in words: "2.3× above", "7.2× below"."""
-    return f"{ratio:.2g}× above" if ratio >= 1 else f"{1 / ratio:.2g}× below"
+    """A rate ÷ the predicted edge in words: "2.3× above", "7.2× below", "at about"."""
+    if 1 / 1.1 <= ratio <= 1.1:
+        return "at about"
+    return f"{ratio:.2g}× above" if ratio > 1 else f"{1 / ratio:.2g}× below"
 
 
 def _sharpened(growth: float | None) -> str:

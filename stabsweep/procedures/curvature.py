@@ -180,11 +180,14 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
 
 def _next(ctx: Context, lr_run: dict[str, Any] | None) -> str:
     """An lr run that logs sharpness when there is none to compare with (or it logged none);
-    with one that did, the lr run's own next step leads on (warmup for an unstable rate)."""
+    with one that did, or one that sends the user to ``doctor`` (nothing trained, or a failure
+    the rate does not explain), the lr run's own next step leads on."""
     source, root = shlex.quote(ctx.config.source), shlex.quote(str(ctx.run_root))
     logging = f"stabsweep lr {source} --set train.log_sharpness_every=25 --out {root}"
     if lr_run is None:
         return logging
+    if lr_run.get("next_command", "").startswith("stabsweep doctor"):  # nothing trained, or not the rate's doing
+        return lr_run["next_command"]
     if "trained_sharpness" not in lr_run:  # it wrote no sharpness.csv
         return logging + " --force"
     return lr_run.get("next_command") or f"stabsweep report {root}"
