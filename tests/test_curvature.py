@@ -347,8 +347,12 @@ def test_curvature_command_against_the_lr_run(tmp_path):
     assert summary["predicted_edge"] == pytest.approx(3.8 / summary["sharpness"])
     assert summary["unstable_base_lr"] == lr["unstable_base_lr"]
     assert summary["edge_ratio"] == pytest.approx(lr["unstable_base_lr"] / summary["predicted_edge"])
-    assert "SGD with momentum 0.9 is stable below (2 + 2β)/η" in summary["verdict"]
-    assert "Against the lr sweep" in summary["verdict"] and "At --lr 0.3" in summary["verdict"]
+    assert "SGD with momentum 0.9 is stable while the sharpness stays below (2 + 2β)/η" in summary["verdict"]
+    assert f"for rates below 3.8/λ₀ = {summary['predicted_edge']:.3g}" in summary["verdict"]
+    side = "at or above" if lr["unstable_base_lr"] <= 0.3 else "below"
+    assert "Against the lr sweep" in summary["verdict"]
+    assert f"At --lr 0.3: {0.3 / summary['predicted_edge']:.2g}× the predicted edge" in summary["verdict"]
+    assert f"; {side} the sweep's unstable rate {lr['unstable_base_lr']:.3g}." in summary["verdict"]
     assert "Cost:" in result.output and "of the lr sweep's" in summary["cost"]
     read = stabsweep.open_run(tmp_path / "curvature")
     assert isinstance(read, stabsweep.CurvatureResult) and read.sharpness == summary["sharpness"]

@@ -273,7 +273,8 @@ def sharpness_findings(sharpness: Any, trials: Any) -> dict[str, Any] | None:
     words = []
     if failing:
         words.append(
-            f"{len(crossed)} of the {len(failing)} trials that failed crossed their sharpness threshold "
+            f"{len(crossed)} of the {len(failing)} trials that diverged or became unstable crossed their sharpness "
+            "threshold "
             "before they failed"
         )
         if crossed:

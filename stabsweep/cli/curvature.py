@@ -19,6 +19,10 @@ def curvature(
     *,
     options: CommonOptions,
 ) -> None:
-    """Sharpness at initialisation (the top Hessian eigenvalue) against the optimizer's stability threshold."""
+    """Sharpness at initialisation (the top Hessian eigenvalue) against the optimizer's stability threshold.
+
+    With an lr run in the same --out folder, the rate it predicts is set beside that sweep's edge;
+    an lr run with train.log_sharpness_every set adds how far training sharpened.
+    """
     session = Session("curvature", options)
     session.run("curvature", config, lr=lr)

@@ -100,8 +100,9 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         verdict = f"{words}: not positive, so {bound.family} has no bound on the rate at the start of training."
     else:
         verdict = (
-            f"{words}: {bound.family} is stable below {bound.formula} = {predicted:.3g} at the start of training "
-            f"(threshold {bound.constant:.4g}/η; gradient descent on a quadratic of this curvature diverges above it)."
+            f"{words}: {bound.family} is stable while the sharpness stays below {bound.formula}, so at the start of "
+            f"training for rates below {bound.constant:.4g}/λ₀ = {predicted:.3g} (gradient descent on a quadratic of "
+            "this curvature diverges above it)."
         )
         trained = lr_run.get("trained_sharpness") if lr_run is not None else None
         if lr_run is not None:
@@ -115,10 +116,15 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
                 + (f"; the sweep's unstable rate is {unstable / edge:.2g}× that" if unstable else "")
                 + "."
             )
-        if lr is not None:
-            ratio = lr / predicted
+        if lr is not None:  # where X sits: against the start's edge, the sweep's, and the grown curvature's
+            ratio, unstable = lr / predicted, lr_run.get("unstable_base_lr") if lr_run is not None else None
             side = "above" if ratio > 1 else "below"
-            verdict += f" At --lr {lr:g}: {ratio:.2f}× the predicted edge, {side} it at the start."
+            verdict += f" At --lr {lr:g}: {ratio:.2g}× the predicted edge ({side} it at the start)"
+            if unstable:
+                verdict += f"; {'at or above' if lr >= unstable else 'below'} the sweep's unstable rate {unstable:.3g}"
+            if trained:
+                verdict += f"; {lr * trained / bound.constant:.2g}× the edge at the sharpness training grew to"
+            verdict += "."
     cost = f"{seconds:.1f} s"
     if lr_run is not None and lr_run.get("wall_seconds"):
         share = seconds / lr_run["wall_seconds"]
@@ -210,7 +216,7 @@ def _report(ctx: Context, summary: dict[str, Any], folder: str) -> None:
         summary["threshold_formula"] or "–",
         fmt(summary["predicted_edge"], ".3g"),
         fmt(summary["unstable_base_lr"], ".3g"),
-        fmt(summary["edge_ratio"], ".2f"),
+        fmt(summary["edge_ratio"], ".2g"),
     )
     ctx.console.print(table)
     ctx.console.print(f"Cost: {summary['cost']} ({summary['method']})", markup=False)

@@ -158,7 +158,8 @@ def step_curves(
 def sharpness(frame: pd.DataFrame, trials: pd.DataFrame, path: Path, *, label: str = "lr", title: str = "") -> Path:
     """The edge-of-stability figure (Cohen et al. 2021): each trial's sharpness (sharpness.csv)
     against step, coloured by ``label`` as the loss curves are, with its stability threshold
-    (constant / lr at that step) dashed in the same colour; a trial that diverged ends in a red ×."""
+    (constant / lr at that step) dashed in the same colour; a trial that diverged ends in a red ×
+    at its last reading."""
     import matplotlib as mpl
 
     fig, (ax,) = figure()
@@ -168,7 +169,9 @@ def sharpness(frame: pd.DataFrame, trials: pd.DataFrame, path: Path, *, label: s
         value = values.get(tid, np.nan)
         color = cmap(norm(value)) if norm is not None and np.isfinite(value) and value > 0 else "0.35"
         ax.plot(part["step"], part["sharpness"], color=color, lw=1.4, marker="o", markersize=2.5)
-        ax.plot(part["step"], part["threshold"], color=color, lw=1.0, linestyle="--", alpha=0.8)
+        # one reading (a trial that failed before the second) draws no line: a dash marks its threshold
+        dash = {"marker": "_", "markersize": 14, "markeredgewidth": 1.4} if len(part) == 1 else {}
+        ax.plot(part["step"], part["threshold"], color=color, lw=1.0, linestyle="--", alpha=0.8, **dash)
         if statuses.get(tid) is TrialStatus.DIVERGED:
             last = part[np.isfinite(part["sharpness"])]
             if len(last):
@@ -186,8 +189,9 @@ def sharpness(frame: pd.DataFrame, trials: pd.DataFrame, path: Path, *, label: s
     ax.plot([], [], color="0.3", lw=1.4, label="sharpness")
     ax.plot([], [], color="0.3", lw=1.0, linestyle="--", label="its stability threshold (constant / lr)")
     if any(status is TrialStatus.DIVERGED for status in statuses.values()):
-        ax.plot([], [], linestyle="none", label="diverged (stopped there)", **DIVERGED_MARK)
-    legend(ax, loc="best")
+        ax.plot([], [], linestyle="none", label="diverged (after its last reading)", **DIVERGED_MARK)
+    # below the axes: inside, it covers the curves that collapse to the bottom or sit at the top
+    legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
     return save(fig, path)
 
 
