@@ -215,6 +215,8 @@ def test_a_first_failure_that_learned_nothing_is_told_from_a_divergence():
     assert "no rate of the sweep trained" in everything_failed and "10× above" in everything_failed
     assert "extend its grid downward" in everything_failed
     assert "sits at about the predicted edge" in compare(9.6, SweepEdge(1.0, TrialStatus.LEARNED_NOTHING, 10.0, 0.3))
+    warmed = compare(0.67, SweepEdge(3.0, TrialStatus.UNSTABLE, None, 1.0), start=0.05)
+    assert "its schedule starts it at 0.05× that, 4.5× below the edge: the curvature at the start does not" in warmed
     rose = compare(10.0, SweepEdge(0.5, TrialStatus.UNSTABLE, 31.6, 0.3), growth=27.0)  # rose and recovered
     assert "(its first divergence, at 31.6, 3.2× above it): training sharpened 27×" in rose
 
@@ -401,3 +403,15 @@ def test_a_sweep_where_nothing_trained_is_compared_by_its_divergence_and_sent_to
     assert found.summary["diverged_lr"] == 100.0 and found.summary["unstable_status"] is None
     assert "no rate of the sweep trained; its first divergence, at 100" in found.summary["verdict"]
     assert found.summary["next_command"].startswith("stabsweep doctor")
+
+
+def test_a_warmup_schedule_states_where_its_trials_start_against_the_edge(tmp_path):
+    """With a linear warmup of 10 steps the first update runs at 1/10 of the base rate: base
+    rates up to 10× the predicted edge start below it, and the verdict says so."""
+    found = stabsweep.curvature(
+        CONFIGS / "smoke.yaml", out=tmp_path, quiet=True, train__schedule={"name": "warmup", "warmup_steps": 10}
+    )
+    edge = found.predicted_edge
+    assert f"schedule starts at 0.1× the base rate, so base rates up to {edge / 0.1:.3g}" in found.summary["verdict"]
+    plain = stabsweep.curvature(CONFIGS / "smoke.yaml", out=tmp_path / "plain", quiet=True)
+    assert "schedule starts at" not in plain.summary["verdict"]  # a constant rate starts at its base

@@ -112,12 +112,13 @@ def sweep_edge(summary: dict[str, Any]) -> SweepEdge:
     return SweepEdge(unstable, TrialStatus.of(kind) if kind else None, min(diverged, default=None), best)
 
 
-def compare(predicted: float | None, edge: SweepEdge, growth: float | None = None) -> str:
+def compare(predicted: float | None, edge: SweepEdge, growth: float | None = None, start: float = 1.0) -> str:
     """The predicted edge beside the sweep's, in words: how far off, and what the literature
     says that gap means, each claim checked against what the run logged. Ratios within 1.5×
     either way count as agreement. ``growth``: the sharpness the lr run's trials reached below
     their threshold ÷ λ₀ (None when it logged none): progressive sharpening is claimed only
-    where it was seen."""
+    where it was seen. ``start``: the schedule's first rate over its base rate (1/w for a warmup
+    of w steps): a sweep that starts below the edge is explained by its warmup."""
     if predicted is None:
         return "the sharpness is not positive at initialisation, so it bounds no rate"
     unstable, best = edge.unstable, edge.best
@@ -158,6 +159,13 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
     diverged = ""  # a first failure that rose and recovered: where the sweep first diverged, beside it
     if edge.status is TrialStatus.UNSTABLE and edge.diverged is not None:
         diverged = f" (its first divergence, at {edge.diverged:.3g}, {_times(edge.diverged / predicted)} it)"
+    if ratio > 1.5 and unstable * start <= predicted * 1.5:
+        return (
+            f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× above the predicted edge{diverged}, "
+            f"but its schedule starts it at {start:.2g}× that, {_times(unstable * start / predicted)} the edge: the "
+            "curvature at the start does not limit this sweep, which reaches its base rate only after the warmup, "
+            "once training has moved the curvature (Kalra & Barkeshli 2024)"
+        )
     if ratio > 1.5:
         return (
             f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× above the predicted edge{diverged}: "

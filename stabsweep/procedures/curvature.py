@@ -104,10 +104,16 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             f"training for rates below {bound.constant:.4g}/λ₀ = {predicted:.3g} (gradient descent on a quadratic of "
             "this curvature diverges above it)."
         )
+        start = _start_factor(config)
+        if start < 1:  # a warmup (or one-cycle) schedule: its trials start below their base rate
+            verdict += (
+                f" This config's schedule starts at {start:.2g}× the base rate, so base rates up to "
+                f"{predicted / start:.3g} start below that edge."
+            )
         trained = lr_run.get("trained_sharpness") if lr_run is not None else None
         if lr_run is not None:
             growth = trained / eigen.value if trained else None
-            verdict += " Against the lr sweep: " + compare(predicted, lr_run["sweep_edge"], growth) + "."
+            verdict += " Against the lr sweep: " + compare(predicted, lr_run["sweep_edge"], growth, start) + "."
         if trained:
             edge, unstable = bound.constant / trained, lr_run.get("unstable_base_lr")
             verdict += (
@@ -182,6 +188,15 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
         },
         "next_command": _next(ctx, lr_run),
     }
+
+
+def _start_factor(config: Any) -> float:
+    """The rate of a trial's first update over its base rate, from the config's schedule (1 for
+    a constant rate; 1/w for a linear warmup of w steps)."""
+    from stabsweep.optim.schedules import lr_table
+
+    schedule = config.train.schedule
+    return float(lr_table(schedule.name, schedule.kwargs, 1.0, config.train.steps)[0])
 
 
 def _next(ctx: Context, lr_run: dict[str, Any] | None) -> str:
