@@ -415,3 +415,28 @@ def test_a_warmup_schedule_states_where_its_trials_start_against_the_edge(tmp_pa
     assert f"schedule starts at 0.1× the base rate, so base rates up to {edge / 0.1:.3g}" in found.summary["verdict"]
     plain = stabsweep.curvature(CONFIGS / "smoke.yaml", out=tmp_path / "plain", quiet=True)
     assert "schedule starts at" not in plain.summary["verdict"]  # a constant rate starts at its base
+
+
+def test_a_product_that_is_not_finite_ends_the_solve_with_nan_and_gives_torchs_threads_back():
+    before = torch.get_num_threads()
+    found = lanczos_top(lambda v: v * float("nan"), 50, like=torch.zeros(50))
+    assert math.isnan(found.value) and found.residual == math.inf and found.matvecs == 1
+    assert torch.get_num_threads() == before
+
+
+def test_a_loss_whose_curvature_is_not_finite_is_a_stated_result_not_a_crash(tmp_path):
+    """sqrt of a negative output: the loss and its products are NaN. The probe says so,
+    writes summary.json, exits 3 and sends the user to doctor."""
+
+    def build(seed, batch_size=32):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 5)
+        model = nn.Linear(5, 1)
+        return stabsweep.Workload(model=model, train_data=[(x, x)], loss=lambda m, b: m(b[0]).sqrt().mean())
+
+    with pytest.raises(stabsweep.RunFailed) as failed:
+        stabsweep.curvature({"name": "nan", "device": "cpu"}, factory=build, out=tmp_path, quiet=True)
+    summary = json.loads((tmp_path / "curvature" / "summary.json").read_text())
+    assert failed.value.summary == summary and summary["sharpness"] is None
+    assert "the Hessian-vector products were not finite" in summary["verdict"]
+    assert summary["next_command"].startswith("stabsweep doctor")

@@ -117,6 +117,36 @@ def test_06_the_users_error_not_the_engines(project):
         sys.modules.pop("workload", None)
 
 
+def test_06_curvature_reports_the_users_error_not_its_own(project):
+    """The probe's loss raises the user's IndexError: said as theirs, exit 3, doctor next; no
+    "internal error" (a bug of stabsweep's is exit 1 with a traceback)."""
+    proj = project("06-labels-off-by-one")
+    result = invoke("curvature", proj / "sweep.yaml", "--out", "run")
+    assert result.exit_code == 3, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
+    summary = json.loads((Path("run") / "curvature" / "summary.json").read_text())
+    assert summary["verdict"].startswith("No sharpness measured: your code raised IndexError at ")
+    assert summary["verdict"].endswith(": Target 10 is out of bounds.") and summary["sharpness"] is None
+    assert summary["next_command"] == "stabsweep doctor proj/sweep.yaml"
+
+
+def test_10_curvature_of_float16_adam_names_the_zero_preconditioner_then_measures_with_eps(project):
+    """eps 1e-8 is 0 in float16: Adam's P has zeros (its first update is 0/0), so the
+    preconditioned sharpness is unbounded, said so with exit 3 rather than ARPACK's error; with
+    eps 1e-4 the probe measures a finite, converged value."""
+    proj = project("10-fp16-adam-eps")
+    result = invoke("curvature", proj / "sweep.yaml", "--out", "nan")
+    assert result.exit_code == 3, result.output
+    assert "internal error" not in result.output
+    summary = json.loads((Path("nan") / "curvature" / "summary.json").read_text())
+    assert "preconditioner P = √v + ε is 0 on" in summary["verdict"]
+    assert "ε = 1e-08 is 0 in float16" in summary["verdict"] and "raise train.optimizer.eps" in summary["verdict"]
+    result = invoke("curvature", proj / "sweep.yaml", "--out", "eps", "--set", "train.optimizer.eps=1e-4")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((Path("eps") / "curvature" / "summary.json").read_text())
+    assert summary["converged"] and summary["preconditioned"] and summary["sharpness"] > 0
+
+
 @pytest.mark.parametrize("engine", ["auto", "sequential"])
 def test_10_float16_adam_eps(project, engine):
     """Float16 weights: with eps 1e-8 every rate is NaN at step 2 (numerics, not the rate,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from stabsweep.analysis.curvature import compare, stable_sharpness, sweep_edge, threshold
-from stabsweep.errors import UserError
+from stabsweep.errors import RunFailed, UserError
 from stabsweep.procedures.context import Context
 from stabsweep.training.common import DataStream, to_device
 
@@ -30,16 +30,44 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
     import scipy.sparse.linalg  # noqa: F401 - imported before the probe's clock starts, as torch is
     import threadpoolctl  # noqa: F401
 
-    from stabsweep.training.curvature import ModelHessian, adam_preconditioner, lanczos_top
+    from stabsweep.training.common import trial_failure, where_raised
 
-    config, probe = ctx.config, ctx.config.curvature
+    config = ctx.config
     if lr is not None and lr <= 0:
         raise UserError(f"--lr {lr:g}: expected a positive learning rate")
     job = ctx.job()
-    device = torch.device(job.device)
     store = ctx.store(COMMAND)
     bound = threshold(config.train.optimizer.name, config.train.optimizer.kwargs)
     started = time.perf_counter()
+    try:
+        eigen, unbounded = _probe(ctx, job, bound)
+    except Exception as exc:
+        if not trial_failure(exc):  # a bug of stabsweep's: exit 1 with its traceback
+            raise
+        _cannot(ctx, store, f"your code raised {type(exc).__name__} at {where_raised(exc)}: {exc}")
+    if unbounded:
+        _cannot(ctx, store, unbounded)
+    if eigen.value != eigen.value:
+        _cannot(
+            ctx,
+            store,
+            f"the Hessian-vector products were not finite after {eigen.matvecs} (NaN or inf): the loss or its "
+            "gradient is not finite at the initial weights, or overflows in the model's precision",
+        )
+    seconds = time.perf_counter() - started
+    summary = _summary(ctx, eigen, bound, lr, seconds)
+    store.write_summary(summary)
+    _report(ctx, summary, str(store.folder))
+    return summary
+
+
+def _probe(ctx: Context, job: Any, bound: Any) -> tuple[Any, str | None]:
+    """λ₀ (an :class:`Eigen`) at the initial weights, and why the preconditioned sharpness is
+    unbounded when it is (a preconditioner with zero entries), else None."""
+    from stabsweep.training.curvature import ModelHessian, adam_preconditioner, lanczos_top
+
+    config, probe = ctx.config, ctx.config.curvature
+    device = torch.device(job.device)
     workload = job.factory(config.seed)
     workload.model.to(device)
     stream = DataStream(workload.train_data, device)
@@ -49,18 +77,43 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
         squares = torch.stack([ModelHessian(workload, [b], seed=config.seed).gradient().square() for b in batches])
         name, kwargs = config.train.optimizer.name, config.train.optimizer.kwargs
         state = {"exp_avg_sq": squares.mean(0), "square_avg": squares.mean(0), "sum": squares.mean(0), "step": 10**9}
-        hessian.scale = adam_preconditioner(squares.mean(0), name, kwargs, state).rsqrt()
+        scale = adam_preconditioner(squares.mean(0), name, kwargs, state).rsqrt()
+        zeros = int((~torch.isfinite(scale)).sum())
+        if zeros:  # P^-½ of a zero entry: the optimizer divides 0 by 0 there
+            from stabsweep.optim.optimizers import optimizer_kwargs
+
+            eps = float(optimizer_kwargs(name, kwargs).get("eps", 1e-10 if name == "adagrad" else 1e-8))
+            rounded, dtype = torch.tensor(eps, dtype=scale.dtype).item(), str(scale.dtype).removeprefix("torch.")
+            return None, (
+                f"the optimizer's preconditioner P = √v + ε is 0 on {zeros:,} of {hessian.dim:,} weights (their "
+                f"squared gradients are 0, and ε = {eps:g} is {rounded:g} in {dtype}): "
+                f"{bound.family}'s first update divides 0 by 0 there, so its preconditioned sharpness is unbounded; "
+                "raise train.optimizer.eps or train in a wider precision"
+            )
+        hessian.scale = scale
     ctx.console.print(
         f"curvature: the top Hessian eigenvalue at initialisation, {hessian.dim:,} weights, "
         f"{probe.batches} batch{'es' * (probe.batches > 1)}",
         markup=False,
     )
     eigen = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=probe.tol, max_matvecs=probe.max_matvecs)
-    seconds = time.perf_counter() - started
-    summary = _summary(ctx, eigen, bound, lr, seconds)
+    return eigen, None
+
+
+def _cannot(ctx: Context, store: Any, why: str) -> None:
+    """The probe could not measure λ₀: summary.json says why, doctor is next, exit 3."""
+    summary = {
+        "command": COMMAND,
+        "config": ctx.config.source,
+        "sharpness": None,
+        "verdict": f"No sharpness measured: {why.rstrip('.')}.",
+        "warnings": [],
+        # doctor's loss, gradient and precision checks name the fault (docs/contract.md)
+        "next_command": f"stabsweep doctor {shlex.quote(ctx.config.source)}",
+    }
     store.write_summary(summary)
-    _report(ctx, summary, str(store.folder))
-    return summary
+    ctx.verdict(summary, str(store.folder))
+    raise RunFailed(summary)
 
 
 def _lr_run(ctx: Context) -> dict[str, Any] | None:

@@ -63,7 +63,8 @@ def lanczos_top(
 ) -> Eigen:
     """The largest algebraic eigenvalue of the symmetric operator ``matvec`` (flat vectors of
     ``dim`` entries, dtype and device of ``like``) by scipy's ``eigsh``. Non-convergence within
-    ``max_matvecs`` products is not an error: the best estimate is returned with its residual."""
+    ``max_matvecs`` products is not an error: the best estimate is returned with its residual;
+    a product that is not finite ends the solve with a NaN value and an infinite residual."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
     from threadpoolctl import ThreadpoolController, threadpool_limits
 
@@ -75,7 +76,10 @@ def lanczos_top(
         count += 1
         vector = torch.as_tensor(np.ascontiguousarray(x).ravel(), dtype=like.dtype, device=like.device)
         with threads.timed(count) if threads is not None else contextlib.nullcontext():
-            return matvec(vector).detach().double().cpu().numpy()
+            out = matvec(vector).detach().double().cpu().numpy()
+        if not np.isfinite(out).all():  # ARPACK would fail on it ("could not build an Arnoldi factorization")
+            raise _NotFinite
+        return out
 
     operator = LinearOperator((dim, dim), matvec=product, dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(dim)
@@ -95,6 +99,8 @@ def lanczos_top(
                 )
             except ArpackNoConvergence as exc:  # the best Ritz pair so far, judged by its residual below
                 values, vectors = exc.eigenvalues, exc.eigenvectors
+            except _NotFinite:  # NaN or inf in a product: no eigenvalue to report
+                return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
             if not len(values):
                 return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
             value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
@@ -103,6 +109,10 @@ def lanczos_top(
         if threads is not None:
             threads.restore()
     return Eigen(value, residual, count, "lanczos (scipy eigsh)")
+
+
+class _NotFinite(Exception):
+    """A Hessian-vector product held NaN or inf."""
 
 
 class ProductThreads:
