@@ -159,12 +159,12 @@ def compare(predicted: float | None, edge: SweepEdge, growth: float | None = Non
     diverged = ""  # a first failure that rose and recovered: where the sweep first diverged, beside it
     if edge.status is TrialStatus.UNSTABLE and edge.diverged is not None:
         diverged = f" (its first divergence, at {edge.diverged:.3g}, {_times(edge.diverged / predicted)} it)"
-    if ratio > 1.5 and unstable * start <= predicted * 1.5:
+    if ratio > 1.5 and start > 0 and unstable * start <= predicted * 1.5:
         return (
             f"the sweep became unstable only at {unstable:.3g}, {ratio:.1f}× above the predicted edge{diverged}, "
             f"but its schedule starts it at {start:.2g}× that, {_times(unstable * start / predicted)} the edge: the "
-            "curvature at the start does not limit this sweep, which reaches its base rate only after the warmup, "
-            "once training has moved the curvature (Kalra & Barkeshli 2024)"
+            "curvature at the start does not limit this sweep, which reaches its base rate only later in its "
+            "schedule (a warmup), once training has moved the curvature (Kalra & Barkeshli 2024)"
         )
     if ratio > 1.5:
         return (

@@ -158,7 +158,7 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
             "this curvature diverges above it)."
         )
         start = _start_factor(config)
-        if start < 1:  # a warmup (or one-cycle) schedule: its trials start below their base rate
+        if 0 < start < 1:  # a warmup (or one-cycle) schedule: its trials start below their base rate
             verdict += (
                 f" This config's schedule starts at {start:.2g}× the base rate, so base rates up to "
                 f"{predicted / start:.3g} start below that edge."
