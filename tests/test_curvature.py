@@ -440,3 +440,82 @@ def test_a_loss_whose_curvature_is_not_finite_is_a_stated_result_not_a_crash(tmp
     assert failed.value.summary == summary and summary["sharpness"] is None
     assert "the Hessian-vector products were not finite" in summary["verdict"]
     assert summary["next_command"].startswith("stabsweep doctor")
+
+
+def _linear_workload(loss):
+    def build(seed, batch_size=32):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 5)
+        return stabsweep.Workload(model=nn.Linear(5, 1), train_data=[(x, x)], loss=loss)
+
+    return build
+
+
+def test_adam_with_a_nan_gradient_is_told_from_a_zero_preconditioner(tmp_path):
+    """NaN gradients make P NaN, not 0: the verdict names the gradient, not Adam's eps."""
+    build = _linear_workload(lambda m, b: m(b[0]).sqrt().mean())  # sqrt of negative outputs: NaN
+    config = {"name": "nan", "device": "cpu", "train": {"optimizer": {"name": "adam"}}}
+    with pytest.raises(stabsweep.RunFailed) as failed:
+        stabsweep.curvature(config, factory=build, out=tmp_path, quiet=True)
+    assert "the loss's gradient is not finite at the initial weights" in failed.value.summary["verdict"]
+    assert "preconditioner P" not in failed.value.summary["verdict"]
+
+
+def test_a_function_without_a_double_backward_is_said_not_measured_as_zero_curvature(tmp_path):
+    """The probe differentiates the loss twice; a custom Function marked once-differentiable
+    leaves the gradient without a graph: said so (exit 3, doctor next), not a sharpness of 0
+    and not ARPACK's error."""
+    from torch.autograd.function import once_differentiable
+
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    build = _linear_workload(lambda m, b: Square.apply(m(b[0])).mean())
+    with pytest.raises(stabsweep.RunFailed) as failed:
+        stabsweep.curvature({"name": "once", "device": "cpu"}, factory=build, out=tmp_path, quiet=True)
+    assert "carries no graph to differentiate again" in failed.value.summary["verdict"]
+    assert failed.value.summary["next_command"].startswith("stabsweep doctor")
+
+
+def test_a_zero_hessian_has_sharpness_zero_not_an_arpack_error():
+    found = lanczos_top(lambda v: torch.zeros_like(v), 40, like=torch.zeros(40))
+    assert found.value == 0.0 and found.residual == 0.0
+
+
+def test_memory_running_out_in_the_probe_suggests_one_batch(tmp_path, monkeypatch):
+    from stabsweep.training import curvature as probe
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(probe, "lanczos_top", out_of_memory)
+    with pytest.raises(stabsweep.RunFailed) as failed:
+        stabsweep.curvature(CONFIGS / "smoke.yaml", out=tmp_path, quiet=True)
+    assert "memory ran out during the probe" in failed.value.summary["verdict"]
+    assert failed.value.summary["next_command"].endswith("--set curvature.batches=1")
+
+
+def test_a_probe_that_measured_nothing_still_says_why_under_quiet(tmp_path):
+    build_config = {"name": "nan", "device": "cpu", "train": {"optimizer": {"name": "sgd"}}}
+    from stabsweep.report.console import failure_lines
+
+    with pytest.raises(stabsweep.RunFailed) as failed:
+        stabsweep.curvature(
+            build_config, factory=_linear_workload(lambda m, b: m(b[0]).sqrt().mean()), out=tmp_path, quiet=True
+        )
+    [line] = failure_lines(failed.value.summary)
+    assert line.startswith("curvature: No sharpness measured:")
+
+
+def test_train_warmup_steps_count_in_where_the_trials_start(tmp_path):
+    found = stabsweep.curvature(CONFIGS / "smoke.yaml", out=tmp_path, quiet=True, train__warmup_steps=4)
+    assert "schedule starts at 0.25× the base rate" in found.summary["verdict"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -41,6 +41,15 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         eigen, unbounded = _probe(ctx, job, bound)
+    except torch.OutOfMemoryError:
+        source = shlex.quote(config.source)
+        _cannot(
+            ctx,
+            store,
+            f"memory ran out during the probe (it keeps the gradient's graph over the {config.curvature.batches} "
+            "batches of curvature.batches while it runs, about two training steps' activations each)",
+            f"stabsweep curvature {source} --set curvature.batches=1",
+        )
     except Exception as exc:
         if not trial_failure(exc):  # a bug of stabsweep's: exit 1 with its traceback
             raise
@@ -75,10 +84,16 @@ def _probe(ctx: Context, job: Any, bound: Any) -> tuple[Any, str | None]:
     hessian = ModelHessian(workload, batches, seed=config.seed)
     if bound is not None and bound.preconditioned:
         squares = torch.stack([ModelHessian(workload, [b], seed=config.seed).gradient().square() for b in batches])
+        if not torch.isfinite(squares).all():  # NaN or inf gradients: no preconditioner, no curvature
+            return None, (
+                f"the loss's gradient is not finite at the initial weights (NaN or inf in "
+                f"{int((~torch.isfinite(squares)).any(0).sum()):,} of {hessian.dim:,} weights' gradients), so "
+                "neither the optimizer's preconditioner nor the curvature is defined there"
+            )
         name, kwargs = config.train.optimizer.name, config.train.optimizer.kwargs
         state = {"exp_avg_sq": squares.mean(0), "square_avg": squares.mean(0), "sum": squares.mean(0), "step": 10**9}
-        scale = adam_preconditioner(squares.mean(0), name, kwargs, state).rsqrt()
-        zeros = int((~torch.isfinite(scale)).sum())
+        preconditioner = adam_preconditioner(squares.mean(0), name, kwargs, state)
+        zeros, scale = int((preconditioner == 0).sum()), preconditioner.rsqrt()
         if zeros:  # P^-½ of a zero entry: the optimizer divides 0 by 0 there
             from stabsweep.optim.optimizers import optimizer_kwargs
 
@@ -97,19 +112,27 @@ def _probe(ctx: Context, job: Any, bound: Any) -> tuple[Any, str | None]:
         markup=False,
     )
     eigen = lanczos_top(hessian, hessian.dim, like=hessian.flat, tol=probe.tol, max_matvecs=probe.max_matvecs)
+    if not hessian.differentiable_twice:
+        return eigen, (
+            "the loss's gradient carries no graph to differentiate again: its backward is cut (a custom "
+            "autograd.Function marked @once_differentiable, a .detach() or torch.no_grad() inside the loss), or the "
+            "loss is linear in every weight (curvature 0)"
+        )
     return eigen, None
 
 
-def _cannot(ctx: Context, store: Any, why: str) -> None:
-    """The probe could not measure λ₀: summary.json says why, doctor is next, exit 3."""
+def _cannot(ctx: Context, store: Any, why: str, next_command: str | None = None) -> NoReturn:
+    """The probe could not measure λ₀: summary.json says why, doctor is next (or
+    ``next_command``), exit 3; ``--quiet`` still prints the verdict (report/console.py)."""
     summary = {
         "command": COMMAND,
         "config": ctx.config.source,
         "sharpness": None,
+        "nothing_measured": True,
         "verdict": f"No sharpness measured: {why.rstrip('.')}.",
         "warnings": [],
         # doctor's loss, gradient and precision checks name the fault (docs/contract.md)
-        "next_command": f"stabsweep doctor {shlex.quote(ctx.config.source)}",
+        "next_command": next_command or f"stabsweep doctor {shlex.quote(ctx.config.source)}",
     }
     store.write_summary(summary)
     ctx.verdict(summary, str(store.folder))
@@ -244,12 +267,12 @@ def _summary(ctx: Context, eigen: Any, bound: Any, lr: float | None, seconds: fl
 
 
 def _start_factor(config: Any) -> float:
-    """The rate of a trial's first update over its base rate, from the config's schedule (1 for
-    a constant rate; 1/w for a linear warmup of w steps)."""
+    """The rate of a trial's first update over its base rate, from the config's schedule and
+    ``train.warmup_steps`` (1 for a constant rate; 1/w for a linear warmup of w steps)."""
     from stabsweep.optim.schedules import lr_table
 
-    schedule = config.train.schedule
-    return float(lr_table(schedule.name, schedule.kwargs, 1.0, config.train.steps)[0])
+    schedule, warmup = config.train.schedule, config.train.warmup_steps
+    return float(lr_table(schedule.name, schedule.kwargs, 1.0, config.train.steps, prepend_warmup=warmup)[0])
 
 
 def _next(ctx: Context, lr_run: dict[str, Any] | None) -> str:

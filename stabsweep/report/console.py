@@ -96,10 +96,11 @@ def print_verdict(
 
 def failure_lines(summary: dict[str, Any]) -> list[str]:
     """What a failed run (exit 3) must say even under ``--quiet``, one line each: the error
-    when nothing trained, each failed ``doctor`` check, each failed criterion of the gate."""
+    when nothing trained (or ``curvature`` measured nothing), each failed ``doctor`` check, each
+    failed criterion of the gate."""
     command = summary.get("command", "stabsweep")
     lines = []
-    if summary.get("nothing_trained"):
+    if summary.get("nothing_trained") or summary.get("nothing_measured"):
         lines.append(f"{command}: {summary['verdict']}")
     for check in summary.get("checks") or []:
         if check.get("status") == "fail":

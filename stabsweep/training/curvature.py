@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stabsweep.errors import user_code
 from stabsweep.training.common import training_loss
 from stabsweep.workloads.base import Workload
 
@@ -64,21 +65,23 @@ def lanczos_top(
     """The largest algebraic eigenvalue of the symmetric operator ``matvec`` (flat vectors of
     ``dim`` entries, dtype and device of ``like``) by scipy's ``eigsh``. Non-convergence within
     ``max_matvecs`` products is not an error: the best estimate is returned with its residual;
-    a product that is not finite ends the solve with a NaN value and an infinite residual."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    a product that is not finite ends the solve with a NaN value and an infinite residual; an
+    operator that is 0 (every product so far) has the eigenvalue 0, exactly."""
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
     from threadpoolctl import ThreadpoolController, threadpool_limits
 
-    count = 0
+    count, nonzero = 0, False
     threads: ProductThreads | None = None  # on a CPU, set in the try below: its finally gives torch's count back
 
     def product(x: np.ndarray) -> np.ndarray:
-        nonlocal count
+        nonlocal count, nonzero
         count += 1
         vector = torch.as_tensor(np.ascontiguousarray(x).ravel(), dtype=like.dtype, device=like.device)
         with threads.timed(count) if threads is not None else contextlib.nullcontext():
             out = matvec(vector).detach().double().cpu().numpy()
         if not np.isfinite(out).all():  # ARPACK would fail on it ("could not build an Arnoldi factorization")
             raise _NotFinite
+        nonzero = nonzero or bool(out.any())
         return out
 
     operator = LinearOperator((dim, dim), matvec=product, dtype=np.float64)
@@ -101,6 +104,10 @@ def lanczos_top(
                 values, vectors = exc.eigenvalues, exc.eigenvectors
             except _NotFinite:  # NaN or inf in a product: no eigenvalue to report
                 return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
+            except ArpackError:
+                if nonzero:
+                    raise
+                return Eigen(0.0, 0.0, count, "lanczos (scipy eigsh)")  # H = 0: ARPACK cannot build a Krylov basis
             if not len(values):
                 return Eigen(math.nan, math.inf, count, "lanczos (scipy eigsh)")
             value, vector = float(values[0]), vectors[:, 0] / np.linalg.norm(vectors[:, 0])
@@ -238,7 +245,8 @@ class ModelHessian:
         """The loss's gradient, flat (zeros for weights the loss does not reach)."""
         inputs = [p.detach().clone().requires_grad_() for p in self.params.values()]
         loss = self.loss(dict(zip(self.names, inputs, strict=True)))
-        found = torch.autograd.grad(loss, inputs, allow_unused=True)
+        with user_code():  # the backward of the user's graph (a custom autograd.Function's, say)
+            found = torch.autograd.grad(loss, inputs, allow_unused=True)
         found = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, found, strict=True)]
         return torch.cat([g.reshape(-1) for g in found])
 
@@ -250,11 +258,12 @@ class ModelHessian:
             self.graph = self._gradient_graph()
         inputs, gradient, used = self.graph
         tangent = list(self._split(vector).values())
-        found = (
-            torch.autograd.grad(gradient, [inputs[i] for i in used], [tangent[i] for i in used], retain_graph=True)
-            if used
-            else []
-        )
+        with user_code():  # twice through the user's graph: a Function without a double backward raises here
+            found = (
+                torch.autograd.grad(gradient, [inputs[i] for i in used], [tangent[i] for i in used], retain_graph=True)
+                if used
+                else []
+            )
         product = [torch.zeros_like(p) for p in inputs]  # a weight the loss does not reach has no curvature
         for i, value in zip(used, found, strict=True):
             product[i] = value
@@ -266,9 +275,17 @@ class ModelHessian:
         and which weights the loss reaches (an unused head or pooler has no gradient)."""
         inputs = [p.detach().clone().requires_grad_() for p in self.params.values()]
         loss = self.loss(dict(zip(self.names, inputs, strict=True)))
-        found = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
+        with user_code():
+            found = torch.autograd.grad(loss, inputs, create_graph=True, allow_unused=True)
         used = [i for i, g in enumerate(found) if g is not None and g.requires_grad]
         return inputs, [found[i] for i in used], used
+
+    @property
+    def differentiable_twice(self) -> bool:
+        """Whether the gradient carries a graph to differentiate again (known after the first
+        product): not when the loss is linear in every weight, or its backward is cut (a custom
+        Function marked ``@once_differentiable``, a ``.detach()`` inside the loss)."""
+        return self.graph is None or bool(self.graph[2])
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0
