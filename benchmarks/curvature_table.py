@@ -106,7 +106,7 @@ def main() -> None:
             config["train"].update(steps=args.steps, eval_every=every, log_sharpness_every=every)
         folder = args.out / name
         print(f"{name}: lr sweep, then the probe -> {folder}", flush=True)
-        stabsweep.lr(config, out=folder, force=True, quiet=True)
+        stabsweep.lr(config, out=folder, force=True)  # its progress and verdict: minutes per CNN
         found = stabsweep.curvature(config, out=folder, force=True, quiet=True)
         rows.append(row(what, found.summary))
         print(rows[-1], flush=True)

@@ -196,8 +196,7 @@ def _sharpened(growth: float | None) -> str:
     if growth is None:
         return (
             ": training likely sharpened (progressive sharpening, Cohen et al. 2021: the edge falls as training goes "
-            "on); "
-            "log sharpness along the sweep to see it"
+            "on); log sharpness along the sweep to see it"
         )
     if growth >= 1.5:
         return (
@@ -282,8 +281,7 @@ def sharpness_findings(sharpness: Any, trials: Any) -> dict[str, Any] | None:
     if failing:
         words.append(
             f"{len(crossed)} of the {len(failing)} trials that diverged or became unstable crossed their sharpness "
-            "threshold "
-            "before they failed"
+            "threshold before they failed"
         )
         if crossed:
             f = crossed[0]

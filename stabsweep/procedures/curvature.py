@@ -12,6 +12,7 @@ sweep's wall time.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import time
 from typing import Any, NoReturn
@@ -40,7 +41,7 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
     bound = threshold(config.train.optimizer.name, config.train.optimizer.kwargs)
     started = time.perf_counter()
     try:
-        eigen, unbounded = _probe(ctx, job, bound)
+        eigen, why = _probe(ctx, job, bound)
     except torch.OutOfMemoryError:
         source = shlex.quote(config.source)
         _cannot(
@@ -54,9 +55,9 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
         if not trial_failure(exc):  # a bug of stabsweep's: exit 1 with its traceback
             raise
         _cannot(ctx, store, f"your code raised {type(exc).__name__} at {where_raised(exc)}: {exc}")
-    if unbounded:
-        _cannot(ctx, store, unbounded)
-    if eigen.value != eigen.value:
+    if why:
+        _cannot(ctx, store, why)
+    if math.isnan(eigen.value):
         _cannot(
             ctx,
             store,
@@ -71,9 +72,10 @@ def run(ctx: Context, lr: float | None = None) -> dict[str, Any]:
 
 
 def _probe(ctx: Context, job: Any, bound: Any) -> tuple[Any, str | None]:
-    """λ₀ (an :class:`Eigen`) at the initial weights, and why the preconditioned sharpness is
-    unbounded when it is (a preconditioner with zero entries), else None."""
-    from stabsweep.training.curvature import ModelHessian, adam_preconditioner, lanczos_top
+    """λ₀ (an :class:`Eigen`) at the initial weights, and why it cannot be measured when it
+    cannot (the gradient is not finite, the preconditioner has zero entries, or the gradient
+    carries no graph to differentiate again), else None."""
+    from stabsweep.training.curvature import ModelHessian, adam_preconditioner, lanczos_top, preconditioner_eps
 
     config, probe = ctx.config, ctx.config.curvature
     device = torch.device(job.device)
@@ -95,9 +97,7 @@ def _probe(ctx: Context, job: Any, bound: Any) -> tuple[Any, str | None]:
         preconditioner = adam_preconditioner(squares.mean(0), name, kwargs, state)
         zeros, scale = int((preconditioner == 0).sum()), preconditioner.rsqrt()
         if zeros:  # P^-½ of a zero entry: the optimizer divides 0 by 0 there
-            from stabsweep.optim.optimizers import optimizer_kwargs
-
-            eps = float(optimizer_kwargs(name, kwargs).get("eps", 1e-10 if name == "adagrad" else 1e-8))
+            eps = preconditioner_eps(name, kwargs)
             rounded, dtype = torch.tensor(eps, dtype=scale.dtype).item(), str(scale.dtype).removeprefix("torch.")
             return None, (
                 f"the optimizer's preconditioner P = √v + ε is 0 on {zeros:,} of {hessian.dim:,} weights (their "

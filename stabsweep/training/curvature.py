@@ -306,7 +306,7 @@ def adam_preconditioner(
     from stabsweep.optim.optimizers import optimizer_kwargs
 
     args = optimizer_kwargs(optimizer, kwargs)
-    eps = float(args.get("eps", 1e-8))
+    eps = preconditioner_eps(optimizer, kwargs)
     if optimizer in ("adam", "adamw", "amsgrad"):
         beta1, beta2 = (float(b) for b in args.get("betas", (0.9, 0.999)))
         if state is None:
@@ -321,8 +321,16 @@ def adam_preconditioner(
         return v.sqrt() + eps
     if optimizer == "adagrad":
         v = gradient.square() if state is None else state["sum"]
-        return v.sqrt() + float(args.get("eps", 1e-10))
+        return v.sqrt() + eps
     raise ValueError(f"{optimizer} has no preconditioner")
+
+
+def preconditioner_eps(optimizer: str, kwargs: dict[str, Any]) -> float:
+    """The ε an adaptive optimizer adds to √v: the config's, else torch's default (Adagrad
+    1e-10, the others 1e-8)."""
+    from stabsweep.optim.optimizers import optimizer_kwargs
+
+    return float(optimizer_kwargs(optimizer, kwargs).get("eps", 1e-10 if optimizer == "adagrad" else 1e-8))
 
 
 class PowerIteration:
